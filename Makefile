@@ -1,0 +1,35 @@
+# Entry points: `make demo` (the main job) and `make test`.  `make setup` is idempotent.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+SYS_STAMP := $(VENV)/.sysdeps-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup sysdeps test test-fast demo protos clean
+
+setup: $(STAMP) $(SYS_STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+# System packages some commands need (espeak-ng speaks the synthetic training/demo data).
+$(SYS_STAMP):
+	@mkdir -p $(VENV)
+	@if ! command -v espeak-ng >/dev/null 2>&1; then \
+		echo "installing espeak-ng (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
+	fi
+	@touch $(SYS_STAMP)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache out

@@ -1,0 +1,1 @@
+"""Checkpoint formats: upstream GPT-SoVITS ``.ckpt``/``.pth`` (read and write) and our bundle."""

@@ -1,0 +1,54 @@
+"""Typed errors of the core package.
+
+Every error a user can cause (a bad file, bad text, bad audio, a bad option) is a subclass of
+:class:`GsvError`.  Command-line entry points print ``str(err)`` as one line and exit with code 2;
+anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class GsvError(Exception):
+    """Base class of every user-facing error (CLI exit code 2)."""
+
+    exit_code = 2
+
+
+class CheckpointError(GsvError):
+    """A checkpoint file is missing, truncated, corrupt, of the wrong kind or has wrong tensors."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint's pickle references code outside the allow-list (never executed)."""
+
+
+class UnsupportedVersionError(CheckpointError):
+    """A checkpoint of a GPT-SoVITS version this build does not run (v3, v4, v2Pro, ...)."""
+
+    def __init__(self, version: str, detail: str = ""):
+        self.version = version
+        msg = f"GPT-SoVITS {version} checkpoints are not supported (this build runs v1 and v2)"
+        super().__init__(msg + (f": {detail}" if detail else ""))
+
+
+class BundleError(GsvError):
+    """A bundle directory is missing, incomplete, of an unknown format version or inconsistent."""
+
+
+class TextError(GsvError):
+    """Text that cannot be synthesized (empty after normalisation, too long, ...)."""
+
+
+class UnknownLanguageError(TextError):
+    """A language code the frontend does not know."""
+
+
+class AudioError(GsvError):
+    """Reference audio that cannot be used (unreadable, too short/long, silent, NaN, ...)."""
+
+
+class VoiceError(GsvError):
+    """A voice that is missing, corrupt, or was prepared for another bundle."""
+
+
+class OptionError(GsvError):
+    """A per-request option out of its valid range."""

@@ -1,0 +1,1 @@
+"""GPT-SoVITS v1/v2 model definitions (PyTorch)."""

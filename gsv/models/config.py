@@ -1,0 +1,197 @@
+"""Architecture dataclasses, one per model, stored inside our bundles (``manifest.json``).
+
+A bundle rebuilds a model with ``Cls.from_dict(manifest[...])``; upstream checkpoints are mapped
+with ``from_upstream``.  Fields that only matter for training (dropout) are kept so a bundle can be
+a fine-tuning base.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from gsv import constants as C
+
+
+def _from_dict(cls, d: dict[str, Any]):
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    kw = {}
+    for f in fields(cls):
+        if f.name in d:
+            v = d[f.name]
+            kw[f.name] = _tupleize(v) if isinstance(v, list) else v
+    return cls(**kw)
+
+
+def _tupleize(v):
+    return tuple(_tupleize(x) if isinstance(x, list) else x for x in v)
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Text-to-semantic GPT (upstream ``Text2SemanticDecoder``, config ``s1longer-v2.yaml``)."""
+
+    phoneme_vocab_size: int = 732  # v1: 512
+    vocab_size: int = 1025  # 1024 semantic codes + EOS
+    eos: int = C.EOS_TOKEN
+    embedding_dim: int = 512
+    hidden_dim: int = 512
+    n_head: int = 16
+    n_layer: int = 24
+    ffn_dim: int = 2048  # upstream ignores linear_units and uses 4 x hidden_dim
+    bert_dim: int = C.BERT_DIM
+    dropout: float = 0.1  # transformer + positional dropout used in training
+    max_sec: int = 54  # data.max_sec; upstream's early_stop_num = 50 * max_sec
+    top_k: int = 15  # inference.top_k of the checkpoint config (default sampling)
+
+    def __post_init__(self):
+        if self.eos != self.vocab_size - 1:
+            raise ValueError("GPTConfig: eos must be vocab_size - 1")
+        if self.hidden_dim % self.n_head:
+            raise ValueError("GPTConfig: hidden_dim must be divisible by n_head")
+        if self.embedding_dim != self.hidden_dim:
+            raise ValueError("GPTConfig: embedding_dim must equal hidden_dim")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_dim // self.n_head
+
+    @classmethod
+    def from_upstream(cls, config: dict[str, Any]) -> "GPTConfig":
+        m = config["model"]
+        hidden = int(m["hidden_dim"])
+        return cls(
+            phoneme_vocab_size=int(m["phoneme_vocab_size"]),
+            vocab_size=int(m["vocab_size"]),
+            eos=int(m["EOS"]),
+            embedding_dim=int(m["embedding_dim"]),
+            hidden_dim=hidden,
+            n_head=int(m["head"]),
+            n_layer=int(m["n_layer"]),
+            ffn_dim=4 * hidden,
+            max_sec=int(config.get("data", {}).get("max_sec", 54)),
+            top_k=int(config.get("inference", {}).get("top_k", 15)),
+        )
+
+    def to_upstream(self) -> dict[str, Any]:
+        """The ``config`` dict upstream's loaders read (s1longer-v2.yaml layout)."""
+        return {
+            "data": {"max_eval_sample": 8, "max_sec": self.max_sec, "num_workers": 4, "pad_val": self.eos},
+            "inference": {"top_k": self.top_k},
+            "model": {
+                "EOS": self.eos, "dropout": 0, "embedding_dim": self.embedding_dim, "head": self.n_head,
+                "hidden_dim": self.hidden_dim, "linear_units": self.ffn_dim, "n_layer": self.n_layer,
+                "phoneme_vocab_size": self.phoneme_vocab_size, "random_bert": 0, "vocab_size": self.vocab_size,
+            },
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
+        return _from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class SoVITSConfig:
+    """SoVITS v1/v2 generator (upstream ``SynthesizerTrn`` with ``configs/s2.json``)."""
+
+    version: str = "v2"  # symbol/architecture version: "v1" or "v2"
+    n_symbols: int = 732  # v1: 322
+    spec_channels: int = C.SPEC_CHANNELS
+    ref_enc_bins: int = C.REF_ENC_BINS_V2  # v1: all 1025 bins
+    inter_channels: int = 192
+    hidden_channels: int = 192
+    filter_channels: int = 768
+    n_heads: int = 2
+    n_layers: int = 6
+    kernel_size: int = 3
+    p_dropout: float = 0.1
+    resblock: str = "1"
+    resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
+    resblock_dilation_sizes: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    upsample_rates: tuple[int, ...] = (10, 8, 2, 2, 2)
+    upsample_initial_channel: int = 512
+    upsample_kernel_sizes: tuple[int, ...] = (16, 16, 8, 2, 2)
+    gin_channels: int = 512
+    ssl_dim: int = C.SSL_DIM
+    codebook_size: int = C.SEMANTIC_VOCAB
+    semantic_frame_rate: str = "25hz"
+    sampling_rate: int = C.SAMPLE_RATE
+    hop_length: int = C.HOP_LENGTH
+    filter_length: int = C.N_FFT
+    win_length: int = C.WIN_LENGTH
+    n_mel_channels: int = C.N_MELS
+    segment_size: int = 20480  # training segment in samples (32 frames)
+    n_speakers: int = 300
+
+    def __post_init__(self):
+        if self.version not in ("v1", "v2"):
+            raise ValueError(f"SoVITSConfig: unsupported version {self.version!r}")
+        if self.semantic_frame_rate not in ("25hz", "50hz"):
+            raise ValueError("SoVITSConfig: semantic_frame_rate must be 25hz or 50hz")
+        prod = 1
+        for r in self.upsample_rates:
+            prod *= r
+        if prod != self.hop_length:
+            raise ValueError("SoVITSConfig: prod(upsample_rates) must equal hop_length")
+
+    @property
+    def samples_per_frame(self) -> int:
+        return self.hop_length
+
+    @classmethod
+    def from_upstream(cls, hps: dict[str, Any], version: str) -> "SoVITSConfig":
+        m, d = hps["model"], hps["data"]
+        return cls(
+            version=version,
+            n_symbols=322 if version == "v1" else 732,
+            spec_channels=int(d["filter_length"]) // 2 + 1,
+            ref_enc_bins=int(d["filter_length"]) // 2 + 1 if version == "v1" else C.REF_ENC_BINS_V2,
+            inter_channels=int(m["inter_channels"]),
+            hidden_channels=int(m["hidden_channels"]),
+            filter_channels=int(m["filter_channels"]),
+            n_heads=int(m["n_heads"]),
+            n_layers=int(m["n_layers"]),
+            kernel_size=int(m["kernel_size"]),
+            p_dropout=float(m["p_dropout"]),
+            resblock=str(m["resblock"]),
+            resblock_kernel_sizes=_tupleize(list(m["resblock_kernel_sizes"])),
+            resblock_dilation_sizes=_tupleize(list(m["resblock_dilation_sizes"])),
+            upsample_rates=_tupleize(list(m["upsample_rates"])),
+            upsample_initial_channel=int(m["upsample_initial_channel"]),
+            upsample_kernel_sizes=_tupleize(list(m["upsample_kernel_sizes"])),
+            gin_channels=int(m.get("gin_channels", 512)),
+            semantic_frame_rate="25hz",  # upstream's loader forces 25hz
+            sampling_rate=int(d["sampling_rate"]),
+            hop_length=int(d["hop_length"]),
+            filter_length=int(d["filter_length"]),
+            win_length=int(d["win_length"]),
+            n_mel_channels=int(d.get("n_mel_channels", C.N_MELS)),
+            segment_size=int(hps.get("train", {}).get("segment_size", 20480)),
+            n_speakers=int(d.get("n_speakers", 300)),
+        )
+
+    def to_upstream_model(self) -> dict[str, Any]:
+        """The ``model`` section of upstream's s2.json."""
+        return {
+            "inter_channels": self.inter_channels, "hidden_channels": self.hidden_channels,
+            "filter_channels": self.filter_channels, "n_heads": self.n_heads, "n_layers": self.n_layers,
+            "kernel_size": self.kernel_size, "p_dropout": self.p_dropout, "resblock": self.resblock,
+            "resblock_kernel_sizes": list(self.resblock_kernel_sizes),
+            "resblock_dilation_sizes": [list(x) for x in self.resblock_dilation_sizes],
+            "upsample_rates": list(self.upsample_rates), "upsample_initial_channel": self.upsample_initial_channel,
+            "upsample_kernel_sizes": list(self.upsample_kernel_sizes), "n_layers_q": 3,
+            "use_spectral_norm": False, "gin_channels": self.gin_channels,
+            "semantic_frame_rate": self.semantic_frame_rate, "freeze_quantizer": True, "version": self.version,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SoVITSConfig":
+        return _from_dict(cls, d)
