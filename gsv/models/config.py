@@ -116,7 +116,9 @@ class SoVITSConfig:
     upsample_rates: tuple[int, ...] = (10, 8, 2, 2, 2)
     upsample_initial_channel: int = 512
     upsample_kernel_sizes: tuple[int, ...] = (16, 16, 8, 2, 2)
-    gin_channels: int = 512
+    gin_channels: int = 512  # must equal mrte_hidden (MRTE adds ge to its hidden features)
+    mrte_hidden: int = 512
+    mrte_heads: int = 4
     ssl_dim: int = C.SSL_DIM
     codebook_size: int = C.SEMANTIC_VOCAB
     semantic_frame_rate: str = "25hz"
@@ -133,6 +135,8 @@ class SoVITSConfig:
             raise ValueError(f"SoVITSConfig: unsupported version {self.version!r}")
         if self.semantic_frame_rate not in ("25hz", "50hz"):
             raise ValueError("SoVITSConfig: semantic_frame_rate must be 25hz or 50hz")
+        if self.gin_channels != self.mrte_hidden:
+            raise ValueError("SoVITSConfig: gin_channels must equal mrte_hidden")
         prod = 1
         for r in self.upsample_rates:
             prod *= r

@@ -29,6 +29,7 @@ class MRTE(nn.Module):
     """Multi-reference timbre encoder: content attends to the phones; ge added as a global bias."""
 
     def __init__(self, content_channels: int = 192, hidden_size: int = 512, out_channels: int = 192, n_heads: int = 4):
+        # ge (gin channels) is added to the hidden_size features, so gin_channels == hidden_size
         super().__init__()
         self.cross_attention = MultiHeadAttention(hidden_size, hidden_size, n_heads)
         self.c_pre = nn.Conv1d(content_channels, hidden_size, 1)
@@ -55,7 +56,7 @@ class TextEncoder(nn.Module):
         self.encoder_ssl = Encoder(hc, fc, nh, nl // 2, ks, p)
         self.encoder_text = Encoder(hc, fc, nh, nl, ks, p)
         self.text_embedding = nn.Embedding(cfg.n_symbols, hc)
-        self.mrte = MRTE()
+        self.mrte = MRTE(hc, cfg.mrte_hidden, hc, cfg.mrte_heads)
         self.encoder2 = Encoder(hc, fc, nh, nl // 2, ks, p)
         self.proj = nn.Conv1d(hc, cfg.inter_channels * 2, 1)
 

@@ -1,0 +1,132 @@
+"""The backend interface and the KV cache every GPT backend shares.
+
+All tensors crossing the interface are torch tensors (CPU for ONNX Runtime, which reads them
+zero-copy as numpy; CUDA for TensorRT).  Shapes (L layers, n rows, T cache positions, D hidden):
+
+* ``GPTBackend.prefill(phones [n, Tx], phone_lens [n], bert [n, 1024, Tx], prompt [n, Ty], prompt_lens [n])``
+  -> ``(logits [n, V], k [L, n, S, D], v [L, n, S, D], seq_lens [n])``
+* ``GPTBackend.decode_step(tokens [n], positions [n], k_cache [L, n, T, D], v_cache, kv_lens [n])``
+  -> ``(logits [n, V], new_k [L, n, D], new_v [L, n, D])``
+* ``AudioBackend.decode_audio(codes [B, Tc], code_lens [B], phones [B, Tp], phone_lens [B], ge [B, gin, 1],
+  noise [B, C, F] | None, speed)`` -> ``audio [B, F * 640]`` (rows longer than their valid length are padding)
+
+Sampling is never inside a backend: every row has its own parameters and random generator.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from gsv.models.config import GPTConfig, SoVITSConfig
+
+CACHE_GROWTH = 128  # positions added when a row outgrows the cache (bounded attention waste)
+
+
+class GPTBackend(ABC):
+    config: GPTConfig
+    device: torch.device
+    name: str = "?"
+
+    @abstractmethod
+    def prefill(self, phones, phone_lens, bert, prompt, prompt_lens):
+        ...
+
+    @abstractmethod
+    def decode_step(self, tokens, positions, k_cache, v_cache, kv_lens):
+        ...
+
+    def new_cache(self) -> "KVCache":
+        c = self.config
+        return KVCache(c.n_layer, c.hidden_dim, self.device, self.cache_dtype)
+
+    cache_dtype: torch.dtype = torch.float32
+
+
+class AudioBackend(ABC):
+    config: SoVITSConfig
+    device: torch.device
+    name: str = "?"
+
+    @abstractmethod
+    def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0) -> torch.Tensor:
+        ...
+
+
+class KVCache:
+    """Keys/values of the live rows: k, v [L, n, T, D] with ``lengths[n]`` valid positions per row.
+
+    Rows are kept dense (row i of the tensors = live row i): adding rows concatenates, removing
+    rows compacts, so a decode step always runs on exactly the live rows.  T grows in steps of
+    CACHE_GROWTH when any row would overflow.
+    """
+
+    def __init__(self, n_layer: int, dim: int, device, dtype=torch.float32):
+        self.n_layer, self.dim, self.device, self.dtype = n_layer, dim, torch.device(device), dtype
+        self.k = torch.zeros(n_layer, 0, 0, dim, device=self.device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.lengths = torch.zeros(0, dtype=torch.long)  # on CPU: read every step by the scheduler
+
+    @property
+    def rows(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    def _grow_to(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        new_t = ((needed + CACHE_GROWTH - 1) // CACHE_GROWTH) * CACHE_GROWTH
+        pad = new_t - self.capacity
+        self.k = torch.nn.functional.pad(self.k, (0, 0, 0, pad))
+        self.v = torch.nn.functional.pad(self.v, (0, 0, 0, pad))
+
+    def add_rows(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor) -> list[int]:
+        """Append prefill results (k/v [L, m, S, D], lengths [m]); returns the new rows' indices."""
+        m, s = k.shape[1], k.shape[2]
+        self._grow_to(max(s, int(lengths.max()) + 1))
+        if s < self.capacity:
+            k = torch.nn.functional.pad(k, (0, 0, 0, self.capacity - s))
+            v = torch.nn.functional.pad(v, (0, 0, 0, self.capacity - s))
+        first = self.rows
+        self.k = torch.cat([self.k, k.to(self.device, self.dtype)], dim=1)
+        self.v = torch.cat([self.v, v.to(self.device, self.dtype)], dim=1)
+        self.lengths = torch.cat([self.lengths, lengths.cpu().long()])
+        return list(range(first, first + m))
+
+    def remove_rows(self, rows: list[int]) -> None:
+        """Drop rows; the remaining rows keep their order (indices shift down)."""
+        if not rows:
+            return
+        keep = [i for i in range(self.rows) if i not in set(rows)]
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self.k = self.k.index_select(1, idx)
+        self.v = self.v.index_select(1, idx)
+        self.lengths = self.lengths[torch.tensor(keep, dtype=torch.long)]
+        self._shrink()
+
+    def _shrink(self) -> None:
+        """Give back capacity beyond what the longest live row needs (plus one growth step)."""
+        need = int(self.lengths.max()) + 1 if self.rows else 0
+        cap = ((need + CACHE_GROWTH - 1) // CACHE_GROWTH) * CACHE_GROWTH
+        if cap + CACHE_GROWTH < self.capacity:
+            self.k = self.k[:, :, :cap].contiguous()
+            self.v = self.v[:, :, :cap].contiguous()
+
+    def ensure_step(self) -> None:
+        """Make room for one more position in every row."""
+        if self.rows:
+            self._grow_to(int(self.lengths.max()) + 1)
+
+    def append(self, new_k: torch.Tensor, new_v: torch.Tensor) -> None:
+        """Write one new position per row (new_k/new_v [L, n, D]) at index lengths, then advance."""
+        rows = torch.arange(self.rows, device=self.device)
+        pos = self.lengths.to(self.device)
+        self.k[:, rows, pos] = new_k.to(self.dtype)
+        self.v[:, rows, pos] = new_v.to(self.dtype)
+        self.lengths += 1
+
+    def kv_lens(self) -> torch.Tensor:
+        return self.lengths.to(self.device)

@@ -1,0 +1,50 @@
+"""PyTorch backend: the eager models, the reference every other backend is verified against."""
+from __future__ import annotations
+
+import torch
+
+from gsv.backends.base import AudioBackend, GPTBackend
+
+
+class TorchGPTBackend(GPTBackend):
+    name = "torch"
+
+    def __init__(self, model, device="cpu"):
+        self.model = model.eval()
+        self.config = model.cfg
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_bundle(cls, bundle, device="cpu") -> "TorchGPTBackend":
+        return cls(bundle.load_gpt(device), device)
+
+    @torch.inference_mode()
+    def prefill(self, phones, phone_lens, bert, prompt, prompt_lens):
+        d = self.device
+        return self.model.prefill(phones.to(d), phone_lens.to(d), bert.to(d), prompt.to(d), prompt_lens.to(d))
+
+    @torch.inference_mode()
+    def decode_step(self, tokens, positions, k_cache, v_cache, kv_lens):
+        d = self.device
+        return self.model.decode_step(tokens.to(d), positions.to(d), k_cache, v_cache, kv_lens.to(d))
+
+
+class TorchAudioBackend(AudioBackend):
+    name = "torch"
+
+    def __init__(self, model, device="cpu"):
+        self.model = model.eval()
+        self.config = model.cfg
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_bundle(cls, bundle, device="cpu") -> "TorchAudioBackend":
+        return cls(bundle.load_sovits(device), device)
+
+    @torch.inference_mode()
+    def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0) -> torch.Tensor:
+        d = self.device
+        z, mask = self.model.decode_latent(codes.to(d), phones.to(d), ge.to(d), None if noise is None else noise.to(d),
+                                           code_lens.to(d), phone_lens.to(d), speed)
+        frames = mask.sum(dim=(1, 2)).long() if codes.shape[0] > 1 else None
+        return self.model.vocode(z, ge.to(d), frames)

@@ -1,0 +1,267 @@
+"""The bundle: the one contract between training, export and serving.
+
+A directory::
+
+    manifest.json        format/version info, architecture dataclasses, sources, artifacts
+    gpt.safetensors      GPT weights (float32, upstream names without 'model.')
+    sovits.safetensors   SoVITS weights (float32, weight norm folded; enc_q kept when the source had it)
+    hubert/  bert/       optional local model folders (copied, or referenced by absolute path)
+    onnx/*.onnx (+ verify.json), trt/*.plan   exported artifacts, listed in manifest["artifacts"]
+
+Bundles are written into a temporary sibling directory and renamed into place, so an interrupted
+write never leaves a half-written bundle under the final name.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gsv import __version__
+from gsv import constants as C
+from gsv.errors import BundleError
+from gsv.models.config import GPTConfig, SoVITSConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = "gsv-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+GPT_FILE = "gpt.safetensors"
+SOVITS_FILE = "sovits.safetensors"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+    gpt_config: GPTConfig
+    sovits_config: SoVITSConfig
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | Path) -> "Bundle":
+        p = Path(path)
+        if not p.exists():
+            raise BundleError(f"bundle {p} does not exist")
+        mpath = p / MANIFEST
+        if not mpath.is_file():
+            raise BundleError(f"{p} is not a bundle (no {MANIFEST})")
+        try:
+            manifest = json.loads(mpath.read_text("utf-8"))
+        except (OSError, ValueError) as e:
+            raise BundleError(f"{mpath}: unreadable manifest ({e})") from None
+        if manifest.get("format") != FORMAT:
+            raise BundleError(f"{mpath}: not a gsv bundle manifest")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"{mpath}: bundle format version {manifest.get('format_version')} is not supported "
+                              f"(this gsv reads version {FORMAT_VERSION})")
+        try:
+            gpt = GPTConfig.from_dict(manifest["gpt"]["config"])
+            sovits = SoVITSConfig.from_dict(manifest["sovits"]["config"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{mpath}: invalid architecture section ({e})") from None
+        for key, fname in (("gpt", GPT_FILE), ("sovits", SOVITS_FILE)):
+            if not (p / manifest[key].get("file", fname)).is_file():
+                raise BundleError(f"bundle {p} is incomplete: {manifest[key].get('file', fname)} is missing")
+        return cls(p, manifest, gpt, sovits)
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def bundle_id(self) -> str:
+        """Hash of the model weights: voices record it to detect a change of models."""
+        return self.manifest["bundle_id"]
+
+    @property
+    def symbol_version(self) -> str:
+        return self.manifest["symbol_version"]
+
+    @property
+    def model_version(self) -> str:
+        return self.manifest["model_version"]
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.manifest["sample_rate"])
+
+    def _model_dir(self, key: str) -> Path | None:
+        entry = self.manifest.get(key)
+        if not entry:
+            return None
+        p = Path(entry["path"])
+        p = p if p.is_absolute() else self.path / p
+        if not p.is_dir():
+            raise BundleError(f"bundle {self.path}: the {key} model folder {p} is missing")
+        return p
+
+    @property
+    def hubert_dir(self) -> Path | None:
+        return self._model_dir("hubert")
+
+    @property
+    def bert_dir(self) -> Path | None:
+        return self._model_dir("bert")
+
+    @property
+    def artifacts(self) -> list[dict[str, Any]]:
+        return list(self.manifest.get("artifacts", []))
+
+    # ------------------------------------------------------------------ weights
+    def gpt_state_dict(self) -> dict[str, torch.Tensor]:
+        return self._load(self.manifest["gpt"].get("file", GPT_FILE))
+
+    def sovits_state_dict(self) -> dict[str, torch.Tensor]:
+        return self._load(self.manifest["sovits"].get("file", SOVITS_FILE))
+
+    def _load(self, fname: str) -> dict[str, torch.Tensor]:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(self.path / fname))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise BundleError(f"{self.path / fname}: corrupt weights file ({e})") from None
+
+    def load_gpt(self, device: str | torch.device = "cpu"):
+        from gsv.models.gpt import Text2SemanticGPT
+
+        model = Text2SemanticGPT(self.gpt_config)
+        _load_into(model, self.gpt_state_dict(), self.path / GPT_FILE)
+        return model.eval().to(device)
+
+    def load_sovits(self, device: str | torch.device = "cpu", with_posterior: bool = False):
+        from gsv.models.sovits.model import SoVITS
+
+        sd = self.sovits_state_dict()
+        has_q = any(k.startswith("enc_q.") for k in sd)
+        model = SoVITS(self.sovits_config, with_posterior=with_posterior)
+        if not with_posterior:
+            sd = {k: v for k, v in sd.items() if not k.startswith("enc_q.")}
+        elif not has_q:
+            log.info("bundle has no posterior encoder (enc_q); it starts from fresh weights")
+            missing = model.load_state_dict(sd, strict=False).missing_keys
+            if any(not k.startswith("enc_q.") for k in missing):
+                raise BundleError(f"{self.path / SOVITS_FILE}: missing tensors {missing[:3]}")
+            return model.to(device)
+        _load_into(model, sd, self.path / SOVITS_FILE)
+        return model.eval().to(device)
+
+
+def _load_into(model: torch.nn.Module, sd: dict, where: Path) -> None:
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise BundleError(f"{where}: weights do not match the architecture in the manifest ({str(e)[:300]})") from None
+
+
+# ---------------------------------------------------------------------------------------- writing
+def write_bundle(
+    out: str | Path,
+    gpt_config: GPTConfig,
+    gpt_state: dict[str, torch.Tensor],
+    sovits_config: SoVITSConfig,
+    sovits_state: dict[str, torch.Tensor],
+    *,
+    sources: dict[str, Any] | None = None,
+    hubert_dir: str | Path | None = None,
+    bert_dir: str | Path | None = None,
+    copy_models: bool = True,
+    force: bool = False,
+) -> Bundle:
+    """Write a complete bundle atomically and return it opened."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise BundleError(f"{out} already exists (use --force to replace it)")
+    if gpt_config.phoneme_vocab_size != sovits_config.n_symbols and not (
+        gpt_config.phoneme_vocab_size == 512 and sovits_config.n_symbols == 322
+    ):
+        raise BundleError(
+            f"GPT ({gpt_config.phoneme_vocab_size} phone symbols) and SoVITS ({sovits_config.n_symbols} symbols) "
+            "are of different GPT-SoVITS versions"
+        )
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    except OSError as e:
+        raise BundleError(f"cannot write under {parent}: {e.strerror}") from None
+    try:
+        save_file({k: v.detach().float().contiguous() for k, v in gpt_state.items()}, str(tmp / GPT_FILE))
+        save_file({k: v.detach().float().contiguous() for k, v in sovits_state.items()}, str(tmp / SOVITS_FILE))
+        gpt_sha, sovits_sha = sha256_file(tmp / GPT_FILE), sha256_file(tmp / SOVITS_FILE)
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_version": sovits_config.version,
+            "symbol_version": sovits_config.version,
+            "sample_rate": sovits_config.sampling_rate,
+            "samples_per_token": C.SAMPLES_PER_TOKEN,
+            "bundle_id": hashlib.sha256((gpt_sha + sovits_sha).encode()).hexdigest()[:32],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "gsv_version": __version__,
+            "gpt": {"file": GPT_FILE, "sha256": gpt_sha, "config": gpt_config.to_dict()},
+            "sovits": {"file": SOVITS_FILE, "sha256": sovits_sha, "config": sovits_config.to_dict(),
+                       "has_posterior": any(k.startswith("enc_q.") for k in sovits_state)},
+            "sources": sources or {},
+            "hubert": None,
+            "bert": None,
+            "artifacts": [],
+        }
+        for key, src in (("hubert", hubert_dir), ("bert", bert_dir)):
+            if src is None:
+                continue
+            src = Path(src)
+            if not (src / "config.json").is_file():
+                raise BundleError(f"--{key} {src}: not a transformers model folder (no config.json)")
+            if copy_models:
+                shutil.copytree(src, tmp / key)
+                manifest[key] = {"path": key}
+            else:
+                manifest[key] = {"path": str(src.resolve())}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Bundle.open(out)
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def update_manifest(bundle_path: str | Path, update) -> dict[str, Any]:
+    """Apply ``update(manifest) -> None`` and rewrite manifest.json atomically."""
+    p = Path(bundle_path) / MANIFEST
+    manifest = json.loads(p.read_text("utf-8"))
+    update(manifest)
+    tmp = p.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    os.replace(tmp, p)
+    return manifest

@@ -1,0 +1,341 @@
+"""The synthesis engine: iteration-level batching of the GPT plus a batched, chunked audio decoder.
+
+One :class:`Engine` serves any number of :class:`~gsv.session.Session` objects:
+
+* :meth:`Engine.ar_step` is one scheduler iteration: retire cancelled/expired rows, prefill newly
+  admitted requests (one batch), run **one batched decode step over every live row**, sample each
+  row with its own options and generator, hand ready windows to the decoder queue, and retire rows
+  whose segment ended at once.
+* :meth:`Engine.decode_step` is one decoder iteration: it takes the oldest pending job of each
+  session (first chunks and chunks nearest their playback deadline first), batches them through
+  the audio backend, cross-fades and emits.  It may run on another thread, concurrently with the
+  AR loop (the server does so); offline synthesis alternates both on one thread.
+
+Backends are used only through their narrow interface, so nothing here depends on which one runs.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gsv import constants as C
+from gsv.backends.base import AudioBackend, GPTBackend
+from gsv.session import DecodeJob, Session
+
+log = logging.getLogger(__name__)
+
+
+class EngineObserver:
+    """Hooks where metrics and logs are emitted (no-ops by default)."""
+
+    def on_admitted(self, session: Session, queue_wait: float) -> None: ...
+    def on_prefill(self, rows: int, seconds: float) -> None: ...
+    def on_ar_step(self, rows: int, seconds: float) -> None: ...
+    def on_tokens(self, n: int) -> None: ...
+    def on_decode(self, rows: int, seconds: float, audio_seconds: float) -> None: ...
+    def on_chunk(self, session: Session, samples: int, underrun: bool) -> None: ...
+    def on_finished(self, session: Session) -> None: ...
+
+
+@dataclass
+class _Marker:
+    """A non-decoding entry of a session's job queue: flush a tail, insert silence, or end."""
+
+    kind: str  # "flush" | "silence" | "end"
+    segment: int
+
+
+class Engine:
+    def __init__(self, gpt: GPTBackend, audio: AudioBackend, *, max_live: int = 8, max_decode_batch: int = 4,
+                 observer: EngineObserver | None = None):
+        if gpt.config.vocab_size != audio.config.codebook_size + 1:
+            raise ValueError("GPT vocabulary and SoVITS codebook do not match")
+        self.gpt, self.audio = gpt, audio
+        self.max_live, self.max_decode_batch = max_live, max_decode_batch
+        self.observer = observer or EngineObserver()
+        self.cache = gpt.new_cache()
+        self.rows: list[Session] = []  # live GPT rows, in KV-cache row order
+        self.waiting: deque[Session] = deque()  # need a prefill (new request or next segment)
+        self.cv = threading.Condition()
+        self.queues: dict[Session, deque] = {}  # per-session FIFO of DecodeJob/_Marker
+        self.noise_channels = audio.config.inter_channels
+
+    # ------------------------------------------------------------------ admission
+    def submit(self, session: Session) -> None:
+        with self.cv:
+            session.t_admitted = time.monotonic()
+            self.observer.on_admitted(session, session.t_admitted - session.t_created)
+            self.waiting.append(session)
+            self.queues[session] = deque()
+            self.cv.notify_all()
+
+    @property
+    def live(self) -> int:
+        return len(self.rows)
+
+    def has_work(self) -> bool:
+        return bool(self.rows or self.waiting)
+
+    def idle(self) -> bool:
+        with self.cv:
+            return not self.rows and not self.waiting and not any(self.queues.values())
+
+    # ------------------------------------------------------------------ AR loop
+    def ar_step(self) -> bool:
+        """One scheduler iteration; False when there was nothing to do."""
+        self._retire_dead()
+        admitted = self._admit()
+        if not self.rows:
+            return admitted
+        t0 = time.perf_counter()
+        rows = list(self.rows)
+        tokens = torch.tensor([s.sampler.tokens[-1] for s in rows], dtype=torch.long)
+        positions = torch.tensor([s.audio_pos - 1 for s in rows], dtype=torch.long)
+        self.cache.ensure_step()
+        logits, new_k, new_v = self.gpt.decode_step(tokens, positions, self.cache.k, self.cache.v, self.cache.kv_lens())
+        self.cache.append(new_k, new_v)
+        logits = logits.float().cpu()
+        ended = [i for i, s in enumerate(rows) if not self._consume(s, logits[i])]
+        self.observer.on_ar_step(len(rows), time.perf_counter() - t0)
+        self.observer.on_tokens(len(rows) - len(ended))
+        self._end_rows(ended)
+        return True
+
+    def _admit(self) -> bool:
+        with self.cv:
+            batch = []
+            while self.waiting and len(self.rows) + len(batch) < self.max_live:
+                s = self.waiting.popleft()
+                if s.cancelled or s.expired(time.monotonic()):
+                    self._finish_now(s, "cancelled" if s.cancelled else "deadline")
+                    continue
+                batch.append(s)
+        if not batch:
+            return False
+        t0 = time.perf_counter()
+        cfg = self.gpt.config
+        for s in batch:
+            s.start_segment(cfg.vocab_size, cfg.eos)
+        inputs = [s.gpt_inputs() for s in batch]
+        n, tx, ty = len(batch), max(p.numel() for p, _, _ in inputs), max(y.numel() for _, _, y in inputs)
+        phones = torch.zeros(n, tx, dtype=torch.long)
+        bert = torch.zeros(n, cfg.bert_dim, tx)
+        prompt = torch.zeros(n, ty, dtype=torch.long)
+        for i, (p, b, y) in enumerate(inputs):
+            phones[i, : p.numel()], bert[i, :, : p.numel()], prompt[i, : y.numel()] = p, b, y
+        phone_lens = torch.tensor([p.numel() for p, _, _ in inputs])
+        prompt_lens = torch.tensor([y.numel() for _, _, y in inputs])
+        logits, k, v, seq_lens = self.gpt.prefill(phones, phone_lens, bert, prompt, prompt_lens)
+        self.cache.add_rows(k, v, seq_lens)
+        self.rows.extend(batch)
+        logits = logits.float().cpu()
+        first = len(self.rows) - n
+        ended = [first + i for i, s in enumerate(batch) if not self._consume(s, logits[i])]
+        self.observer.on_prefill(n, time.perf_counter() - t0)
+        self._end_rows(ended)
+        return True
+
+    def _consume(self, s: Session, logits: torch.Tensor) -> bool:
+        """Sample one token for session ``s``; schedule ready windows. False when its segment ended."""
+        token = s.sampler.step(logits)
+        if token is not None:
+            s.push_token(token, self.noise_channels)
+        if s.sampler.finished:
+            s.seg_finished = True
+        self._schedule(s)
+        return not s.seg_finished
+
+    def _schedule(self, s: Session) -> None:
+        tokens = s.sampler.tokens
+        jobs = []
+        while (w := s.assembler.next_window(len(tokens), s.seg_finished)) is not None:
+            frames = int(2 * (w.w1 - w.w0) / s.options.speed) + 1 if s.options.speed != 1.0 else 2 * (w.w1 - w.w0)
+            jobs.append(DecodeJob(s, s.seg_index, w, torch.tensor(tokens[w.w0 : w.w1], dtype=torch.long),
+                                  s.window_noise(w, frames, self.noise_channels), time.monotonic(),
+                                  first=s.sequence == 0 and s.inflight == 0 and not jobs, deadline=s.playback_deadline()))
+        if s.seg_finished:
+            if not jobs or not jobs[-1].window.final:
+                jobs.append(_Marker("flush", s.seg_index))
+            jobs.append(_Marker("silence" if s.more_segments() else "end", s.seg_index))
+        if jobs:
+            with self.cv:
+                q = self.queues.get(s)
+                if q is None:
+                    return
+                s.inflight += sum(isinstance(j, DecodeJob) for j in jobs)
+                q.extend(jobs)
+                self.cv.notify_all()
+
+    def _end_rows(self, ended: list[int]) -> None:
+        if not ended:
+            return
+        sessions = [self.rows[i] for i in ended]
+        self.cache.remove_rows(ended)
+        self.rows = [s for i, s in enumerate(self.rows) if i not in set(ended)]
+        with self.cv:
+            for s in sessions:
+                if s.more_segments() and not s.cancelled:
+                    s.seg_index += 1
+                    self.waiting.appendleft(s)  # next segment of a running request goes first
+
+    def _retire_dead(self) -> None:
+        now = time.monotonic()
+        dead = [i for i, s in enumerate(self.rows) if s.cancelled or s.expired(now) or s.done.is_set()]
+        if dead:
+            sessions = [self.rows[i] for i in dead]
+            self.cache.remove_rows(dead)
+            self.rows = [s for i, s in enumerate(self.rows) if i not in set(dead)]
+            for s in sessions:
+                self._finish_now(s, "cancelled" if s.cancelled else ("deadline" if s.expired(now) else s.finish_reason))
+
+    def _finish_now(self, s: Session, reason: str) -> None:
+        with self.cv:
+            self.queues.pop(s, None)
+            if s in self.waiting:
+                self.waiting.remove(s)
+            self.cv.notify_all()
+        if not s.done.is_set():
+            s.finish(reason)
+            self.observer.on_finished(s)
+
+    def cancel(self, s: Session) -> None:
+        """Cancel from any thread: the row is freed at the next AR iteration, queued jobs are dropped now."""
+        s.cancel()
+        with self.cv:
+            if s in self.waiting:
+                self.waiting.remove(s)
+                self.queues.pop(s, None)
+                waiting_cancel = True
+            else:
+                waiting_cancel = False
+                q = self.queues.get(s)
+                if q is not None:
+                    q.clear()
+            self.cv.notify_all()
+        if waiting_cancel and not s.done.is_set():
+            s.finish("cancelled")
+            self.observer.on_finished(s)
+
+    # ------------------------------------------------------------------ decoder stage
+    def pending_decodes(self) -> bool:
+        with self.cv:
+            return any(self.queues.values())
+
+    def wait_for_work(self, timeout: float) -> None:
+        with self.cv:
+            if not any(self.queues.values()):
+                self.cv.wait(timeout)
+
+    def decode_step(self) -> bool:
+        """Decode one batch of pending windows and emit their audio; False when nothing was pending."""
+        with self.cv:
+            heads = []
+            for s, q in self.queues.items():
+                while q and isinstance(q[0], _Marker):  # markers need no compute: handle in order
+                    heads.append((s, q.popleft()))
+                if q:
+                    heads.append((s, q[0]))
+            decodes = [(s, j) for s, j in heads if isinstance(j, DecodeJob)]
+            decodes.sort(key=lambda sj: (not sj[1].first, sj[1].deadline, sj[1].created))
+            batch = [sj for sj in decodes if sj[1].session.options.speed == 1.0][: self.max_decode_batch]
+            if not batch and decodes:
+                batch = decodes[:1]
+            for s, j in batch:
+                self.queues[s].popleft()
+            markers_before = [(s, j) for s, j in heads if isinstance(j, _Marker)]
+        for s, m in markers_before:
+            self._apply_marker(s, m)
+        if not batch:
+            return bool(markers_before)
+        t0 = time.perf_counter()
+        try:
+            audios = self._run_decoder([j for _, j in batch])
+        except Exception as e:  # a backend failure ends the affected requests, not the engine
+            log.exception("decoder failed for %d windows", len(batch))
+            for s, _ in batch:
+                self.cancel(s)
+                s.finish("error", e)
+            return True
+        seconds = time.perf_counter() - t0
+        total = 0
+        for (s, j), audio in zip(batch, audios):
+            with s.lock:
+                samples = s.assemblers[j.segment].accept(j.window, audio)
+                total += audio.size
+                self._emit(s, samples, j.segment)
+                s.inflight -= 1
+        self.observer.on_decode(len(batch), seconds, total / C.SAMPLE_RATE)
+        # markers that became heads behind the decoded jobs are handled on the next call
+        return True
+
+    def _run_decoder(self, jobs: list[DecodeJob]) -> list[np.ndarray]:
+        b = len(jobs)
+        tc = max(j.codes.numel() for j in jobs)
+        phones_list = [j.session.segments[j.segment].phones for j in jobs]
+        tp = max(len(p) for p in phones_list)
+        codes = torch.zeros(b, tc, dtype=torch.long)
+        phones = torch.zeros(b, tp, dtype=torch.long)
+        for i, (j, p) in enumerate(zip(jobs, phones_list)):
+            codes[i, : j.codes.numel()] = j.codes
+            phones[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+        code_lens = torch.tensor([j.codes.numel() for j in jobs])
+        phone_lens = torch.tensor([len(p) for p in phones_list])
+        ge = torch.stack([j.session.voice.ge for j in jobs])
+        speed = jobs[0].session.options.speed
+        noise = None
+        if any(j.noise is not None for j in jobs):
+            frames = max(j.noise.shape[1] if j.noise is not None else 0 for j in jobs)
+            noise = torch.zeros(b, self.noise_channels, frames)
+            for i, j in enumerate(jobs):
+                if j.noise is not None:
+                    noise[i, :, : j.noise.shape[1]] = j.noise
+        audio = self.audio.decode_audio(codes, code_lens, phones, phone_lens, ge, noise, speed).float().cpu().numpy()
+        out = []
+        for i, j in enumerate(jobs):
+            n = j.codes.numel() * C.SAMPLES_PER_TOKEN if speed == 1.0 else audio.shape[1]
+            out.append(np.ascontiguousarray(audio[i, :n]))
+        return out
+
+    def _apply_marker(self, s: Session, m: _Marker) -> None:
+        with s.lock:
+            if m.kind == "flush":
+                self._emit(s, s.assemblers[m.segment].finish(), m.segment)
+            elif m.kind == "silence":
+                n = int(round(s.options.fragment_interval * C.SAMPLE_RATE))
+                self._emit(s, np.zeros(n, dtype=np.float32), m.segment)
+            else:  # end of the request
+                s.emit(np.zeros(0, dtype=np.float32), m.segment, final=True)
+                with self.cv:
+                    self.queues.pop(s, None)
+                reason = "max_audio" if s.token_budget is not None and s.total_tokens >= s.token_budget else "completed"
+                s.finish(reason)
+                self.observer.on_finished(s)
+
+    def _emit(self, s: Session, samples: np.ndarray, segment: int) -> None:
+        if samples.size == 0:
+            return
+        before = s.underruns
+        try:
+            s.emit(samples, segment)
+        except Exception as e:  # the sink (a client stream) failed: stop this request only
+            log.info("request %s: output failed (%s); cancelling", s.request_id, e)
+            self.cancel(s)
+            s.finish("cancelled", e)
+            return
+        self.observer.on_chunk(s, samples.size, s.underruns > before)
+
+    # ------------------------------------------------------------------ offline driver
+    def run(self, session: Session) -> Session:
+        """Drive one (or more) submitted sessions to completion on this thread."""
+        while not session.done.is_set():
+            progressed = self.ar_step()
+            progressed = self.decode_step() or progressed
+            if not progressed and not session.done.is_set():
+                raise RuntimeError(f"engine stalled on request {session.request_id}")
+        return session

@@ -1,0 +1,136 @@
+"""Turning a growing sequence of semantic tokens into seamless audio chunks.
+
+A text segment's tokens arrive one per GPT step.  :class:`SegmentAssembler` decides when a chunk is
+ready (a small first chunk for latency, larger ones after), which token window to decode (left
+context + new tokens + lookahead, so the decoder sees both sides of every emitted sample) and how
+to join chunks: each chunk's last ``crossfade`` samples are held back and cross-faded with the
+next window's rendering of the same samples.  Every sample of the segment is emitted exactly once,
+so the streamed audio has exactly the length of a whole-segment decode.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gsv import constants as C
+from gsv.errors import OptionError
+
+
+@dataclass(frozen=True)
+class ChunkPolicy:
+    """Chunk sizes in semantic tokens (1 token = 40 ms)."""
+
+    first_chunk_tokens: int = 8
+    chunk_tokens: int = 16  # second chunk; later chunks grow by `growth` up to max_chunk_tokens
+    growth: float = 1.5
+    max_chunk_tokens: int = 48
+    left_context_tokens: int = 12
+    lookahead_tokens: int = 3
+    crossfade_samples: int = 640
+
+    def __post_init__(self):
+        if self.first_chunk_tokens < 1 or self.chunk_tokens < 1 or self.max_chunk_tokens < self.chunk_tokens:
+            raise OptionError("chunk sizes must be positive and max_chunk_tokens >= chunk_tokens")
+        if self.left_context_tokens < 1 or self.lookahead_tokens < 0 or self.growth < 1.0:
+            raise OptionError("left context must be >= 1 token, lookahead >= 0, growth >= 1")
+        if not 0 < self.crossfade_samples <= self.left_context_tokens * C.SAMPLES_PER_TOKEN:
+            raise OptionError("crossfade must be positive and fit in the left context")
+
+    def chunk_size(self, index: int) -> int:
+        if index == 0:
+            return self.first_chunk_tokens
+        return min(self.max_chunk_tokens, int(round(self.chunk_tokens * self.growth ** (index - 1))))
+
+
+LATENCY_POLICIES = {
+    "lowest": ChunkPolicy(first_chunk_tokens=6, chunk_tokens=12, lookahead_tokens=2),
+    "balanced": ChunkPolicy(),
+    "quality": ChunkPolicy(first_chunk_tokens=16, chunk_tokens=32, max_chunk_tokens=64, left_context_tokens=24,
+                           lookahead_tokens=6, crossfade_samples=1280),
+}
+
+
+@dataclass(frozen=True)
+class Window:
+    """Decode tokens [w0, w1); emit the audio of tokens [start, end)."""
+
+    w0: int
+    start: int
+    end: int
+    w1: int
+    final: bool
+
+
+def _fade(n: int) -> tuple[np.ndarray, np.ndarray]:
+    t = (np.arange(n, dtype=np.float64) + 0.5) / n
+    fade_in = np.sin(0.5 * np.pi * t) ** 2  # Hann half-window: fade_in + fade_out == 1
+    return fade_in.astype(np.float32), (1.0 - fade_in).astype(np.float32)
+
+
+class SegmentAssembler:
+    """Chunking state of one text segment (belongs to the request's session)."""
+
+    def __init__(self, policy: ChunkPolicy, samples_per_token: int = C.SAMPLES_PER_TOKEN):
+        self.policy = policy
+        self.spt = samples_per_token
+        self.emitted = 0  # tokens whose audio is out (except the held-back tail)
+        self.scheduled = 0  # tokens covered by windows handed out (>= emitted while a decode is in flight)
+        self.chunks = 0  # windows handed out
+        self.tail = np.zeros(0, dtype=np.float32)  # rendering of the last `crossfade` samples before `emitted`
+        self.done = False
+
+    def next_window(self, available: int, finished: bool) -> Window | None:
+        """The next window to decode given ``available`` tokens, or None when not ready."""
+        if self.done:
+            return None
+        p = self.policy
+        size = p.chunk_size(self.chunks)
+        start = self.scheduled
+        if finished:
+            if available <= start:
+                return None  # nothing left to decode: the caller flushes the held tail with finish()
+            end = start + size if available - start > size + p.lookahead_tokens else available
+        else:
+            if available - start < size + p.lookahead_tokens:
+                return None
+            end = start + size
+        final = finished and end == available
+        w0 = max(0, start - p.left_context_tokens)
+        w1 = min(available, end + p.lookahead_tokens)
+        self.scheduled = end
+        self.chunks += 1
+        return Window(w0, start, end, w1, final)
+
+    def finish(self) -> np.ndarray:
+        """End of the segment with every token decoded: release the held-back tail."""
+        out, self.tail, self.done = self.tail, np.zeros(0, dtype=np.float32), True
+        return out
+
+    def accept(self, window: Window, audio: np.ndarray) -> np.ndarray:
+        """Audio of tokens [w0, w1) -> the samples to emit now (windows must be accepted in order)."""
+        if window.start != self.emitted:
+            raise RuntimeError("windows accepted out of order")
+        spt = len(audio) / max(window.w1 - window.w0, 1)  # != 1280 only when speed != 1
+        a = int(round((window.start - window.w0) * spt))
+        b = int(round((window.end - window.w0) * spt))
+        seg = audio[a:b]
+        xf = self.tail.size
+        out = []
+        if xf:
+            fade_in, fade_out = _fade(xf)
+            new = audio[max(a - xf, 0) : a]
+            if new.size == xf:
+                out.append(self.tail * fade_out + new * fade_in)
+            else:  # window too short to overlap (tiny segment): keep the old rendering
+                out.append(self.tail)
+        if window.final:
+            out.append(seg)
+            self.tail = np.zeros(0, dtype=np.float32)
+            self.done = True
+        else:
+            hold = min(self.policy.crossfade_samples, seg.size)
+            out.append(seg[: seg.size - hold])
+            self.tail = seg[seg.size - hold :].copy()
+        self.emitted = window.end
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, dtype=np.float32)

@@ -1,0 +1,75 @@
+"""Shared fixtures: the conformance kit, fake upstream checkpoints (built once per session), tiny models."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+KIT = REPO.parent / "shared" / "conformance"
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    try:
+        import tensorrt  # noqa: F401
+
+        has_trt = has_cuda
+    except Exception:
+        has_trt = False
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "trt" in item.keywords and not has_trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT and a CUDA GPU"))
+
+
+def load_fakeckpt(kit: Path = KIT):
+    """Import the kit's fakeckpt.py by path (it is data of the kit, not part of our packages)."""
+    spec = importlib.util.spec_from_file_location("gsv_kit_fakeckpt", kit / "fakeckpt.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class FakeCheckpoints:
+    """Builds upstream-format checkpoints with the kit's generator, once per (manifest, salt, options)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._made: dict[tuple, Path] = {}
+
+    def get(self, manifest: str = "s2_v2.json", salt: str = "", include_stripped: bool = False,
+            magic: str | None = None, kit: Path = KIT) -> Path:
+        key = (str(kit), manifest, salt, include_stripped, magic)
+        if key not in self._made:
+            import json
+
+            fk = load_fakeckpt(kit)
+            man = json.loads((kit / manifest).read_text())
+            tensors = fk.make_tensors(man, salt, include_stripped)
+            ext = ".pth" if manifest.startswith("s2") else ".ckpt"
+            out = self.root / f"{Path(manifest).stem}-{salt or 'visible'}{'-full' if include_stripped else ''}{'-' + magic if magic else ''}{ext}"
+            fk.write(man, tensors, str(out), magic)
+            self._made[key] = out
+            self._made[key + ("digest",)] = fk.digest(man, tensors)
+        return self._made[key]
+
+    def digest(self, manifest: str, salt: str, kit: Path = KIT) -> str:
+        self.get(manifest, salt, kit=kit)
+        return self._made[(str(kit), manifest, salt, False, None, "digest")]
+
+
+@pytest.fixture(scope="session")
+def fake_ckpts(tmp_path_factory) -> FakeCheckpoints:
+    return FakeCheckpoints(tmp_path_factory.mktemp("fakeckpt"))
+
+
+@pytest.fixture(scope="session")
+def kit() -> Path:
+    if not (KIT / "fakeckpt.py").exists():
+        pytest.skip(f"conformance kit not found at {KIT}")
+    return KIT
