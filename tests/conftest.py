@@ -73,3 +73,41 @@ def kit() -> Path:
     if not (KIT / "fakeckpt.py").exists():
         pytest.skip(f"conformance kit not found at {KIT}")
     return KIT
+
+
+# ------------------------------------------------------------------------------ tiny models
+def tiny_gpt_config(**kw):
+    from gsv.models.config import GPTConfig
+
+    base = dict(hidden_dim=64, embedding_dim=64, n_head=4, n_layer=2, ffn_dim=256, bert_dim=32, dropout=0.0)
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+def tiny_sovits_config(**kw):
+    from gsv.models.config import SoVITSConfig
+
+    base = dict(inter_channels=16, hidden_channels=32, filter_channels=64, n_heads=2, n_layers=2,
+                upsample_initial_channel=32, gin_channels=32, mrte_hidden=32, mrte_heads=2, ssl_dim=32,
+                resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1, 3),), p_dropout=0.0)
+    base.update(kw)
+    return SoVITSConfig(**base)
+
+
+def tiny_gpt(seed: int = 0, **kw):
+    from gsv.models.gpt import Text2SemanticGPT
+
+    torch.manual_seed(seed)
+    return Text2SemanticGPT(tiny_gpt_config(**kw)).eval()
+
+
+def tiny_sovits(seed: int = 0, with_posterior: bool = False, **kw):
+    from gsv.models.sovits.model import SoVITS
+
+    torch.manual_seed(seed)
+    m = SoVITS(tiny_sovits_config(**kw), with_posterior=with_posterior)
+    with torch.no_grad():  # the zero-initialised flow output layers would make the flow an identity
+        for p in m.flow.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    return m.eval()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,17 @@ def check_state_dict(path, sd: dict, ref: dict, kind: str, optional_prefixes: tu
 
 
 # ---------------------------------------------------------------------------------------- writing
-WEIGHT_NORM_PATTERNS = ("dec.ups.", "dec.resblocks.", "flow.flows.", "enc_q.enc.")
+# modules upstream wraps in (old-style) weight norm, so its files store weight_g/weight_v for them
+WEIGHT_NORM_MODULES = re.compile(
+    r"^(dec\.ups\.\d+|dec\.resblocks\.\d+\.convs[12]\.\d+"
+    r"|(flow\.flows\.\d+|enc_q)\.enc\.(in_layers\.\d+|res_skip_layers\.\d+|cond_layer))$"
+)
+
+
+def weight_norm_module_names(state_dict_keys) -> set[str]:
+    """Names of the modules stored with weight_g/weight_v in upstream SoVITS files."""
+    return {k[: -len(".weight")] for k in state_dict_keys
+            if k.endswith(".weight") and WEIGHT_NORM_MODULES.match(k[: -len(".weight")])}
 
 
 def unfold_weight_norm(sd: dict[str, torch.Tensor], wn_modules: set[str]) -> dict[str, torch.Tensor]:
@@ -266,10 +277,10 @@ def save_gpt(path: str | Path, cfg: GPTConfig, state_dict: dict[str, torch.Tenso
 
 
 def save_sovits(path: str | Path, cfg: SoVITSConfig, state_dict: dict[str, torch.Tensor], info: str,
-                hps: dict[str, Any], wn_modules: set[str], keep_posterior: bool = False) -> None:
+                hps: dict[str, Any], keep_posterior: bool = False) -> None:
     """Write a SoVITS ``.pth`` as upstream's ``savee`` does (fp16, enc_q stripped, HParams config, 'PK')."""
     sd = {k: v for k, v in state_dict.items() if keep_posterior or "enc_q" not in k}
-    sd = unfold_weight_norm(sd, wn_modules)
+    sd = unfold_weight_norm(sd, weight_norm_module_names(sd))
     weight = {k: v.detach().half().cpu().clone() for k, v in sd.items()}
 
     def to_hparams(d):

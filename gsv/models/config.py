@@ -71,6 +71,7 @@ class GPTConfig:
             n_head=int(m["head"]),
             n_layer=int(m["n_layer"]),
             ffn_dim=4 * hidden,
+            bert_dim=int(m.get("bert_dim", C.BERT_DIM)),  # not an upstream key (always 1024 there)
             max_sec=int(config.get("data", {}).get("max_sec", 54)),
             top_k=int(config.get("inference", {}).get("top_k", 15)),
         )
@@ -84,6 +85,7 @@ class GPTConfig:
                 "EOS": self.eos, "dropout": 0, "embedding_dim": self.embedding_dim, "head": self.n_head,
                 "hidden_dim": self.hidden_dim, "linear_units": self.ffn_dim, "n_layer": self.n_layer,
                 "phoneme_vocab_size": self.phoneme_vocab_size, "random_bert": 0, "vocab_size": self.vocab_size,
+                **({"bert_dim": self.bert_dim} if self.bert_dim != C.BERT_DIM else {}),
             },
         }
 
@@ -169,6 +171,10 @@ class SoVITSConfig:
             upsample_initial_channel=int(m["upsample_initial_channel"]),
             upsample_kernel_sizes=_tupleize(list(m["upsample_kernel_sizes"])),
             gin_channels=int(m.get("gin_channels", 512)),
+            # not upstream keys (fixed there); present only in files of non-standard sizes we wrote
+            mrte_hidden=int(m.get("mrte_hidden", 512)),
+            mrte_heads=int(m.get("mrte_heads", 4)),
+            ssl_dim=int(m.get("ssl_dim", C.SSL_DIM)),
             semantic_frame_rate="25hz",  # upstream's loader forces 25hz
             sampling_rate=int(d["sampling_rate"]),
             hop_length=int(d["hop_length"]),
@@ -191,6 +197,8 @@ class SoVITSConfig:
             "upsample_kernel_sizes": list(self.upsample_kernel_sizes), "n_layers_q": 3,
             "use_spectral_norm": False, "gin_channels": self.gin_channels,
             "semantic_frame_rate": self.semantic_frame_rate, "freeze_quantizer": True, "version": self.version,
+            **{k: getattr(self, k) for k, default in (("mrte_hidden", 512), ("mrte_heads", 4), ("ssl_dim", C.SSL_DIM))
+               if getattr(self, k) != default},
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import logging
 import re
 from functools import lru_cache
 
+from gsv.errors import TextError
 from gsv.text.en import dictionary, homographs, oov
 from gsv.text.symbols import symbol_to_id
 
@@ -107,6 +108,7 @@ def word_phones(original: str) -> list[str]:
         pron = dictionary.lookup(word)
         if pron is not None:
             return list(pron)
+    # Upstream would now look a Title-case word up in its name dictionary (not reproducible here).
     if len(word) <= SPELL_OUT_MAX_LETTERS:
         return _spell_out(word)
     if _POSSESSIVE_RE.match(word):
@@ -157,4 +159,6 @@ def clean_phones(phones: list[str]) -> list[str]:
 
 def g2p(norm_text: str) -> tuple[list[str], None]:
     """Phones of normalised English text; English has no word2ph (None)."""
+    if not isinstance(norm_text, str):
+        raise TextError(f"English text must be a str, not {type(norm_text).__name__}")
     return clean_phones(raw_phones(norm_text)), None
