@@ -111,3 +111,28 @@ def tiny_sovits(seed: int = 0, with_posterior: bool = False, **kw):
             if p.abs().sum() == 0:
                 p.normal_(0, 0.02)
     return m.eval()
+
+
+def make_tiny_bundle(path, seed: int = 0, **kw):
+    """A complete bundle of tiny random models (no HuBERT/BERT folders unless given in kw)."""
+    from gsv.checkpoint.bundle import write_bundle
+
+    g, s = tiny_gpt(seed), tiny_sovits(seed)
+    return write_bundle(path, g.cfg, g.state_dict(), s.cfg, s.state_dict(), sources={"kind": "tiny-random"}, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A session-wide tiny bundle (treat as read-only; copy it to modify)."""
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def full_bundle(tmp_path_factory, fake_ckpts):
+    """A full-size bundle imported from the kit's fake upstream v2 checkpoints (slow to build)."""
+    from gsv.checkpoint.bundle import write_bundle
+    from gsv.checkpoint.upstream import load_gpt, load_sovits
+
+    g, s = load_gpt(fake_ckpts.get("s1_v2.json")), load_sovits(fake_ckpts.get("s2_v2.json"))
+    return write_bundle(tmp_path_factory.mktemp("bundles") / "full", g.config, g.state_dict, s.config, s.state_dict,
+                        sources={"kind": "fakeckpt"})
