@@ -71,8 +71,33 @@ class Engine:
         with self.cv:
             session.t_admitted = time.monotonic()
             self.observer.on_admitted(session, session.t_admitted - session.t_created)
-            self.waiting.append(session)
             self.queues[session] = deque()
+            if session.segments:
+                self.waiting.append(session)
+            else:  # bidirectional request without text yet
+                session.parked = True
+            self.cv.notify_all()
+
+    def append_segments(self, session: Session, segments: list, close: bool = False) -> None:
+        """Add text segments to an open (bidirectional) session; ``close`` ends its input."""
+        with self.cv:
+            if session.done.is_set() or session not in self.queues:
+                return
+            session.segments.extend(segments)
+            if close:
+                session.input_open = False
+            if session.parked:  # no GPT row: not started yet, or its last segment is done
+                q = self.queues[session]
+                if session.sampler is None and session.segments:
+                    session.parked = False
+                    self.waiting.append(session)
+                elif session.sampler is not None and session.more_segments():
+                    q.append(_Marker("silence", session.seg_index))  # pause between segments, as usual
+                    session.seg_index += 1
+                    session.parked = False
+                    self.waiting.append(session)
+                elif not session.may_get_more():
+                    q.append(_Marker("end", session.seg_index))
             self.cv.notify_all()
 
     @property
@@ -162,7 +187,11 @@ class Engine:
         if s.seg_finished:
             if not jobs or not jobs[-1].window.final:
                 jobs.append(_Marker("flush", s.seg_index))
-            jobs.append(_Marker("silence" if s.more_segments() else "end", s.seg_index))
+            if s.more_segments():
+                jobs.append(_Marker("silence", s.seg_index))
+            elif not s.may_get_more():
+                jobs.append(_Marker("end", s.seg_index))
+            # else: the request waits for more text; append_segments() continues it
         if jobs:
             with self.cv:
                 q = self.queues.get(s)
@@ -180,9 +209,13 @@ class Engine:
         self.rows = [s for i, s in enumerate(self.rows) if i not in set(ended)]
         with self.cv:
             for s in sessions:
-                if s.more_segments() and not s.cancelled:
+                if s.cancelled:
+                    continue
+                if s.more_segments():
                     s.seg_index += 1
                     self.waiting.appendleft(s)  # next segment of a running request goes first
+                elif s.may_get_more():
+                    s.parked = True
 
     def _retire_dead(self) -> None:
         now = time.monotonic()

@@ -92,8 +92,9 @@ class Session:
     """One synthesis request: its voice, segments, options and all progress."""
 
     def __init__(self, request_id: str, voice, segments: list[TextSegment], options: SynthesisOptions,
-                 sink: Callable[[AudioChunk], None] | None = None, deadline: float | None = None):
-        if not segments:
+                 sink: Callable[[AudioChunk], None] | None = None, deadline: float | None = None,
+                 input_open: bool = False):
+        if not segments and not input_open:
             raise OptionError("nothing to synthesize")
         self.request_id = request_id
         self.voice = voice
@@ -108,6 +109,8 @@ class Session:
         self.lock = threading.Lock()  # guards emission order between the AR and decoder threads
         # progress
         self.seg_index = 0
+        self.input_open = input_open  # more segments may still be appended (bidirectional streaming)
+        self.parked = False  # waiting for more input with no GPT row
         self.sampler: RowSampler | None = None
         self.assemblers: dict[int, SegmentAssembler] = {}  # per segment: decode jobs may lag the AR loop
         self.seg_finished = False
@@ -171,9 +174,16 @@ class Session:
             return torch.cat(self.noise[window.w0 : window.w1], dim=1)  # the same noise per frame in every window
         return torch.randn(noise_channels, frames, generator=self.noise_gen) * self.options.noise_scale
 
+    def budget_left(self) -> bool:
+        return self.token_budget is None or self.total_tokens < self.token_budget
+
     def more_segments(self) -> bool:
-        budget_left = self.token_budget is None or self.total_tokens < self.token_budget
-        return self.seg_index + 1 < len(self.segments) and budget_left
+        """Another segment is ready to start after the current one."""
+        return self.seg_index + 1 < len(self.segments) and self.budget_left()
+
+    def may_get_more(self) -> bool:
+        """More segments may still arrive (open input and budget left)."""
+        return self.input_open and self.budget_left()
 
     # ------------------------------------------------------------------ state
     @property
