@@ -1,0 +1,142 @@
+"""The batched engine: streaming vs whole-segment, batching changes nothing, cancel/deadline/limits, open input."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from gsv.backends.torch_backend import TorchAudioBackend, TorchGPTBackend
+from gsv.engine import Engine
+from gsv.sampling import SamplingOptions
+from gsv.session import Session, SynthesisOptions, TextSegment
+from gsv.streaming import ChunkPolicy
+from tests.conftest import tiny_gpt, tiny_sovits
+
+
+@dataclass
+class FakeVoice:
+    prompt_phones: list
+    prompt_bert: torch.Tensor
+    prompt_tokens: torch.Tensor
+    ge: torch.Tensor
+
+
+@pytest.fixture(scope="module")
+def backends():
+    return TorchGPTBackend(tiny_gpt(seed=5)), TorchAudioBackend(tiny_sovits(seed=5))
+
+
+def make_voice(seed=0, ty=12):
+    g = torch.Generator().manual_seed(seed)
+    return FakeVoice(torch.randint(0, 732, (9,), generator=g).tolist(), torch.randn(32, 9, generator=g),
+                     torch.randint(0, 1024, (ty,), generator=g), torch.randn(32, 1, generator=g))
+
+
+def make_segments(seed=0, n=2):
+    g = torch.Generator().manual_seed(100 + seed)
+    return [TextSegment(f"s{i}", torch.randint(0, 732, (7 + 3 * i,), generator=g).tolist(), torch.zeros(32, 7 + 3 * i))
+            for i in range(n)]
+
+
+def synth(backends, seed=1, streaming=True, max_tokens=30, **kw):
+    chunks = []
+    opts = SynthesisOptions(sampling=SamplingOptions(seed=seed, max_tokens=max_tokens, top_k=5), streaming=streaming, **kw)
+    s = Session(f"r{seed}", make_voice(seed), make_segments(seed), opts, sink=chunks.append)
+    eng = Engine(*backends)
+    eng.submit(s)
+    eng.run(s)
+    return s, chunks
+
+
+def audio_of(chunks):
+    return np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, np.float32)
+
+
+def test_streaming_covers_every_sample_once(backends):
+    s1, c1 = synth(backends, streaming=True)
+    s2, c2 = synth(backends, streaming=False)
+    assert s1.finish_reason == s2.finish_reason == "completed"
+    assert len(c1) > len(c2)
+    assert [c.sequence for c in c1] == list(range(len(c1)))
+    starts = np.cumsum([0] + [c.samples.size for c in c1[:-1]])
+    assert [c.start_sample for c in c1] == starts.tolist()
+    assert audio_of(c1).size == audio_of(c2).size
+
+
+def test_streaming_with_full_context_equals_whole_decode(backends, monkeypatch):
+    import gsv.session as S
+
+    wide = ChunkPolicy(first_chunk_tokens=4, chunk_tokens=6, max_chunk_tokens=8, left_context_tokens=64, lookahead_tokens=64)
+    monkeypatch.setitem(S.LATENCY_POLICIES, "balanced", wide)
+    _, c1 = synth(backends, streaming=True, noise_scale=0.5)
+    _, c2 = synth(backends, streaming=False, noise_scale=0.5)
+    np.testing.assert_allclose(audio_of(c1), audio_of(c2), atol=1e-5)
+
+
+def test_concurrent_sessions_equal_sequential_runs(backends):
+    seeds = [11, 12, 13, 14]
+    alone = {sd: audio_of(synth(backends, seed=sd)[1]) for sd in seeds}
+    eng = Engine(*backends, max_live=4, max_decode_batch=4)
+    outs, sessions = {}, []
+    for sd in seeds:
+        outs[sd] = []
+        opts = SynthesisOptions(sampling=SamplingOptions(seed=sd, max_tokens=30, top_k=5))
+        s = Session(f"c{sd}", make_voice(sd), make_segments(sd), opts, sink=outs[sd].append)
+        eng.submit(s)
+        sessions.append(s)
+    while not all(s.done.is_set() for s in sessions):
+        eng.ar_step()
+        eng.decode_step()
+    for sd in seeds:
+        np.testing.assert_allclose(audio_of(outs[sd]), alone[sd], atol=2e-5)
+
+
+def test_cancel_frees_the_row(backends):
+    eng = Engine(*backends)
+    s = Session("x", make_voice(), make_segments(), SynthesisOptions(sampling=SamplingOptions(seed=1, max_tokens=200)))
+    eng.submit(s)
+    eng.ar_step()
+    eng.ar_step()
+    assert eng.live == 1
+    eng.cancel(s)
+    eng.ar_step()
+    assert eng.live == 0 and s.done.is_set() and s.finish_reason == "cancelled"
+    assert eng.idle()
+
+
+def test_deadline_expiry(backends):
+    eng = Engine(*backends)
+    s = Session("d", make_voice(), make_segments(), SynthesisOptions(sampling=SamplingOptions(seed=1)),
+                deadline=time.monotonic() - 1)
+    eng.submit(s)
+    eng.ar_step()
+    assert s.finish_reason == "deadline" and eng.live == 0
+
+
+def test_max_audio_seconds_caps_generation(backends):
+    s, chunks = synth(backends, max_tokens=200, max_audio_seconds=0.5)
+    assert s.total_tokens <= 13 and s.finish_reason == "max_audio"
+
+
+def test_open_input_segments_arrive_later(backends):
+    eng = Engine(*backends)
+    out = []
+    opts = SynthesisOptions(sampling=SamplingOptions(seed=4, max_tokens=20, top_k=5))
+    s = Session("b", make_voice(4), [], opts, sink=out.append, input_open=True)
+    eng.submit(s)
+    assert not eng.ar_step() and not s.done.is_set()
+    segs = make_segments(4)
+    eng.append_segments(s, segs[:1])
+    for _ in range(200):
+        eng.ar_step()
+        eng.decode_step()
+        if s.parked and not eng.pending_decodes():
+            break
+    assert not s.done.is_set() and out
+    eng.append_segments(s, segs[1:], close=True)
+    eng.run(s)
+    assert s.finish_reason == "completed" and s.seg_index == 1
+    assert out[-1].final
