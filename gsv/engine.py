@@ -35,6 +35,7 @@ class EngineObserver:
     """Hooks where metrics and logs are emitted (no-ops by default)."""
 
     def on_admitted(self, session: Session, queue_wait: float) -> None: ...
+    def on_started(self, session: Session, queue_wait: float) -> None: ...
     def on_prefill(self, rows: int, seconds: float) -> None: ...
     def on_ar_step(self, rows: int, seconds: float) -> None: ...
     def on_tokens(self, n: int) -> None: ...
@@ -145,7 +146,11 @@ class Engine:
             return False
         t0 = time.perf_counter()
         cfg = self.gpt.config
+        now = time.monotonic()
         for s in batch:
+            if s.t_started is None:
+                s.t_started = now
+                self.observer.on_started(s, now - (s.t_admitted or now))
             s.start_segment(cfg.vocab_size, cfg.eos)
         inputs = [s.gpt_inputs() for s in batch]
         n, tx, ty = len(batch), max(p.numel() for p, _, _ in inputs), max(y.numel() for _, _, y in inputs)
@@ -254,6 +259,26 @@ class Engine:
         if waiting_cancel and not s.done.is_set():
             s.finish("cancelled")
             self.observer.on_finished(s)
+
+    def wait_for_requests(self, timeout: float) -> None:
+        with self.cv:
+            if not self.rows and not self.waiting:
+                self.cv.wait(timeout)
+
+    def fail_all(self, error: BaseException) -> None:
+        """A GPT backend fault: end every live and waiting request with the error and reset the cache."""
+        with self.cv:
+            victims = list(self.rows) + list(self.waiting)
+            self.rows.clear()
+            self.waiting.clear()
+            self.cache = self.gpt.new_cache()
+            for s in victims:
+                self.queues.pop(s, None)
+            self.cv.notify_all()
+        for s in victims:
+            if not s.done.is_set():
+                s.finish("error", error)
+                self.observer.on_finished(s)
 
     # ------------------------------------------------------------------ decoder stage
     def pending_decodes(self) -> bool:

@@ -93,7 +93,7 @@ class Session:
 
     def __init__(self, request_id: str, voice, segments: list[TextSegment], options: SynthesisOptions,
                  sink: Callable[[AudioChunk], None] | None = None, deadline: float | None = None,
-                 input_open: bool = False):
+                 input_open: bool = False, on_finish: Callable[["Session"], None] | None = None):
         if not segments and not input_open:
             raise OptionError("nothing to synthesize")
         self.request_id = request_id
@@ -124,11 +124,13 @@ class Session:
         self.sequence = 0
         self.samples_out = 0
         self.done = threading.Event()
+        self.on_finish = on_finish  # called once, from whichever thread finishes the request
         self.finish_reason = ""
         self.error: BaseException | None = None
         # timings (time.monotonic())
         self.t_created = time.monotonic()
         self.t_admitted: float | None = None
+        self.t_started: float | None = None  # first GPT prefill
         self.t_first_audio: float | None = None
         self.t_finished: float | None = None
         self.underruns = 0
@@ -224,3 +226,5 @@ class Session:
         self.error = error
         self.t_finished = time.monotonic()
         self.done.set()
+        if self.on_finish is not None:
+            self.on_finish(self)

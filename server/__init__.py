@@ -1,0 +1,1 @@
+"""gRPC streaming TTS server (``gsv-serve``): continuous batching engine, voices, Prometheus metrics."""

@@ -1,0 +1,156 @@
+"""Assembling and running the server: engine + runner, voices, text frontend, gRPC (health,
+reflection, optional TLS), Prometheus endpoint, graceful drain on SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from gsv import __version__
+from gsv.backends import open_backends
+from gsv.checkpoint.bundle import Bundle
+from gsv.engine import Engine
+from gsv.voice import VoiceStore
+from protos.tts.v1 import tts_pb2, tts_pb2_grpc
+from server.config import ServerConfig
+from server.metrics import ServerMetrics
+from server.runner import EngineRunner
+from server.service import TtsService
+from server.voices import VoiceRegistry
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = tts_pb2.DESCRIPTOR.services_by_name["TextToSpeech"].full_name
+
+
+def default_backend(bundle: Bundle) -> str:
+    """ONNX Runtime CPU when the bundle has ONNX graphs, torch otherwise."""
+    has_onnx = any(a.get("kind") == "onnx" and a.get("precision") == "fp32" for a in bundle.artifacts)
+    return "onnx" if has_onnx else "torch"
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    bundle: Bundle
+    engine: Engine
+    runner: EngineRunner
+    registry: VoiceRegistry
+    text: object  # gsv.pipeline.TextPreparer
+    metrics: ServerMetrics
+    backend_name: str
+    precision: str
+    frontend_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, "gsv-frontend"))
+    voice_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "gsv-voices"))
+    in_flight: int = 0
+    draining: bool = False
+
+    @property
+    def model_id(self) -> str:
+        return self.bundle.bundle_id
+
+
+def build_state(config: ServerConfig) -> ServerState:
+    from gsv.pipeline import TextPreparer, make_voice_preparer
+
+    bundle = Bundle.open(config.bundle)
+    backend = config.backend or default_backend(bundle)
+    gpt, audio = open_backends(bundle, backend, device=config.device, threads=config.threads)
+    metrics = ServerMetrics()
+    engine = Engine(gpt, audio, max_live=config.max_live, max_decode_batch=config.max_decode_batch, observer=metrics)
+    text = TextPreparer.from_bundle(bundle)
+    preparer = make_voice_preparer(bundle, text)
+    registry = VoiceRegistry(VoiceStore(config.voices), preparer, bundle.bundle_id, scoped=bool(config.tokens))
+    precision = "int8" if backend.endswith("int8") else ("fp16" if backend in ("trt", "onnx-fp16") else "fp32")
+    metrics.build_info.info({"version": __version__})
+    metrics.model_info.info({"model": bundle.bundle_id, "version": bundle.model_version, "backend": backend,
+                             "precision": precision, "native_sample_rate_hz": str(bundle.sample_rate)})
+    return ServerState(config, bundle, engine, EngineRunner(engine), registry, text, metrics, backend, precision)
+
+
+def warm_up(state: ServerState) -> None:
+    """One prefill + decode step + decoder call with dummy inputs, so the first request is not slow."""
+    import torch
+
+    cfg = state.engine.gpt.config
+    phones = torch.zeros(1, 8, dtype=torch.long)
+    bert = torch.zeros(1, cfg.bert_dim, 8)
+    prompt = torch.zeros(1, 4, dtype=torch.long)
+    _, k, v, lens = state.engine.gpt.prefill(phones, torch.tensor([8]), bert, prompt, torch.tensor([4]))
+    state.engine.gpt.decode_step(torch.zeros(1, dtype=torch.long), torch.tensor([4]), k, v, lens)
+    scfg = state.engine.audio.config
+    state.engine.audio.decode_audio(torch.zeros(1, 8, dtype=torch.long), torch.tensor([8]), phones, torch.tensor([8]),
+                                    torch.zeros(1, scfg.gin_channels, 1), None, 1.0)
+
+
+async def serve(config: ServerConfig, ready: asyncio.Event | None = None, state: ServerState | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set), then drain."""
+    state = state or build_state(config)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                                      ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    tts_pb2_grpc.add_TextToSpeechServicer_to_server(TtsService(state), server)
+    health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if config.reflection:
+        from grpc_reflection.v1alpha import reflection
+
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{config.host}:{config.port}"
+    if config.tls_cert is not None:
+        creds = grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])
+        bound = server.add_secure_port(address, creds)
+    else:
+        bound = server.add_insecure_port(address)
+    if not bound:
+        raise OSError(f"cannot listen on {address}")
+    state.port = bound
+    if config.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metrics_port, registry=state.metrics.registry)
+    for name in ("", SERVICE_NAME):
+        await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    state.runner.start()
+    await asyncio.get_running_loop().run_in_executor(None, warm_up, state)
+    for name in ("", SERVICE_NAME):
+        await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving on port %d (backend %s)", bound, state.backend_name)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+            pass
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    await drain(state, server, health_servicer)
+
+
+async def _set_health(servicer, name: str, status) -> None:
+    result = servicer.set(name, status)
+    if asyncio.iscoroutine(result):
+        await result
+
+
+async def drain(state: ServerState, server, health_servicer) -> None:
+    """Refuse new work (UNAVAILABLE), let in-flight streams finish up to the grace period, stop."""
+    state.draining = True
+    for name in ("", SERVICE_NAME):
+        await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    deadline = time.monotonic() + state.config.drain_grace_seconds
+    while state.in_flight > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    log.info("stopping (%d requests still in flight)", state.in_flight)
+    await server.stop(1.0)
+    state.runner.stop()
+    state.frontend_pool.shutdown(wait=False, cancel_futures=True)
+    state.voice_pool.shutdown(wait=False, cancel_futures=True)

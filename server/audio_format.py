@@ -1,0 +1,52 @@
+"""Output audio formats: PCM16/F32 little-endian, optional resampling (streaming-safe), WAV for unary."""
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+
+from gsv import constants as C
+
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+class FormatError(ValueError):
+    pass
+
+
+class OutputConverter:
+    """Per-request converter from float32 model audio to the requested encoding and rate."""
+
+    def __init__(self, encoding: str, sample_rate: int):
+        if encoding not in ("pcm_s16le", "pcm_f32le", "wav"):
+            raise FormatError(f"unsupported encoding {encoding}")
+        rate = sample_rate or C.SAMPLE_RATE
+        if rate not in SAMPLE_RATES:
+            raise FormatError(f"sample_rate_hz {sample_rate} not supported (choose 0 or one of {list(SAMPLE_RATES)})")
+        self.encoding, self.rate = encoding, rate
+        self._resampler = None
+        if rate != C.SAMPLE_RATE:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(C.SAMPLE_RATE, rate, 1, dtype="float32", quality="HQ")
+
+    def samples(self, audio: np.ndarray, last: bool = False) -> np.ndarray:
+        x = np.asarray(audio, dtype=np.float32)
+        if self._resampler is not None:
+            x = self._resampler.resample_chunk(x, last=last)
+        return x
+
+    def encode(self, x: np.ndarray) -> bytes:
+        x = np.clip(x, -1.0, 1.0)
+        if self.encoding == "pcm_f32le":
+            return x.astype("<f4").tobytes()
+        return (x * 32767.0).round().astype("<i2").tobytes()
+
+    def wav(self, pcm16: bytes) -> bytes:
+        """RIFF/WAVE header + PCM16 data."""
+        buf = io.BytesIO()
+        buf.write(b"RIFF" + struct.pack("<I", 36 + len(pcm16)) + b"WAVE")
+        buf.write(b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, self.rate, self.rate * 2, 2, 16))
+        buf.write(b"data" + struct.pack("<I", len(pcm16)) + pcm16)
+        return buf.getvalue()

@@ -1,0 +1,87 @@
+"""``gsv-serve``: the gRPC streaming TTS server.
+
+    gsv-serve --bundle BUNDLE --voices DIR --port P --metrics-port M [--backend ...] [--max-live N] [--max-queue N]
+
+Ready when grpc.health.v1 reports SERVING.  SIGTERM drains in-flight streams (up to --grace
+seconds), refusing new ones with UNAVAILABLE, then exits.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from gsv.errors import GsvError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gsv-serve", description="GPT-SoVITS gRPC streaming TTS server",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--bundle", required=True, type=Path)
+    p.add_argument("--voices", required=True, type=Path, help="voices folder (created if missing)")
+    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--host", default="[::]")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics HTTP port")
+    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8", "onnx-fp16", "trt"], default=None,
+                   help="default: onnx when the bundle has ONNX graphs, torch otherwise")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--max-live", type=int, default=8, help="requests generating at once (GPT batch rows)")
+    p.add_argument("--max-queue", type=int, default=16, help="admitted requests waiting beyond --max-live")
+    p.add_argument("--max-decode-batch", type=int, default=4)
+    p.add_argument("--max-text-chars", type=int, default=2000)
+    p.add_argument("--max-audio-seconds", type=float, default=120.0)
+    p.add_argument("--grace", type=float, default=30.0, help="seconds to let in-flight streams finish on SIGTERM")
+    p.add_argument("--tls-cert", type=Path)
+    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--tokens", type=Path, help='JSON file {"<bearer token>": "<owner name>", ...}; enables auth')
+    p.add_argument("--no-reflection", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def config_from_args(args):
+    from server.config import ServerConfig
+
+    tokens = {}
+    if args.tokens:
+        try:
+            tokens = json.loads(args.tokens.read_text())
+        except (OSError, ValueError) as e:
+            raise GsvError(f"--tokens {args.tokens}: {e}") from None
+        if not isinstance(tokens, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tokens.items()):
+            raise GsvError("--tokens must be a JSON object of token -> owner strings")
+    try:
+        return ServerConfig(bundle=args.bundle, voices=args.voices, port=args.port, host=args.host,
+                            metrics_port=args.metrics_port, backend=args.backend, device=args.device,
+                            threads=args.threads, max_live=args.max_live, max_queue=args.max_queue,
+                            max_decode_batch=args.max_decode_batch, max_text_chars=args.max_text_chars,
+                            max_audio_seconds=args.max_audio_seconds, drain_grace_seconds=args.grace,
+                            tls_cert=args.tls_cert, tls_key=args.tls_key, tokens=tokens,
+                            reflection=not args.no_reflection)
+    except ValueError as e:
+        raise GsvError(str(e)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from server.app import serve
+
+        asyncio.run(serve(config_from_args(args)))
+    except GsvError as e:
+        print(f"gsv-serve: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"gsv-serve: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

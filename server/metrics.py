@@ -1,0 +1,81 @@
+"""Prometheus metrics of the server (names as in the serving reference §7; seconds as base unit).
+
+Metrics are registered on a private registry per server, and emitted only at the engine's hook
+points and at RPC boundaries — never computed by scanning state.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from gsv.engine import EngineObserver
+
+LATENCY_BUCKETS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 60)
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2)
+RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 4)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+class ServerMetrics(EngineObserver):
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.ttfa = Histogram("tts_time_to_first_audio_seconds", "Request received -> first audio written",
+                              ["method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.duration = Histogram("tts_request_duration_seconds", "Whole request duration", ["method"],
+                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_wait = Histogram("tts_queue_wait_seconds", "Admission -> first GPT prefill",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.frontend = Histogram("tts_frontend_seconds", "Text normalisation, G2P and BERT per request",
+                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.prefill = Histogram("tts_prefill_seconds", "One batched GPT prefill", buckets=STEP_BUCKETS, registry=r)
+        self.ar_step = Histogram("tts_ar_step_seconds", "One batched GPT decode step", buckets=STEP_BUCKETS, registry=r)
+        self.ar_batch = Histogram("tts_ar_batch_size", "Live rows per GPT decode step", buckets=BATCH_BUCKETS, registry=r)
+        self.decoder_batch = Histogram("tts_decoder_batch_size", "Windows per decoder+vocoder call",
+                                       buckets=BATCH_BUCKETS, registry=r)
+        self.decode_chunk = Histogram("tts_decode_chunk_seconds", "One batched decoder+vocoder call",
+                                      buckets=STEP_BUCKETS, registry=r)
+        self.rtf = Histogram("tts_real_time_factor", "Request compute seconds / audio seconds (lower is faster)",
+                             buckets=RTF_BUCKETS, registry=r)
+        self.audio_seconds = Counter("tts_audio_seconds_total", "Audio seconds produced", registry=r)
+        self.tokens = Counter("tts_semantic_tokens_total", "Semantic tokens generated", registry=r)
+        self.chunks = Counter("tts_audio_chunks_total", "Audio chunks produced", registry=r)
+        self.in_flight = Gauge("tts_requests_in_flight", "Requests admitted and not finished", registry=r)
+        self.queue_depth = Gauge("tts_queue_depth", "Admitted requests waiting for a GPT row", registry=r)
+        self.live_rows = Gauge("tts_ar_live_rows", "GPT rows in use", registry=r)
+        self.requests = Counter("tts_requests_total", "Finished RPCs", ["method", "code"], registry=r)
+        self.rejections = Counter("tts_admission_rejections_total", "Requests refused at admission", ["reason"],
+                                  registry=r)
+        self.underruns = Counter("tts_underruns_total", "Chunks produced after the audio sent before had finished "
+                                 "playing", registry=r)
+        self.cancellations = Counter("tts_cancellations_total", "Requests cancelled by the client or a deadline",
+                                     ["reason"], registry=r)
+        self.voice_registrations = Counter("tts_voice_registrations_total", "RegisterVoice results", ["code"], registry=r)
+        self.build_info = Info("tts_build", "Server build", registry=r)
+        self.model_info = Info("tts_model", "Model served", registry=r)
+
+    # ---- engine hooks
+    def on_admitted(self, session, queue_wait: float) -> None:
+        pass
+
+    def on_prefill(self, rows: int, seconds: float) -> None:
+        self.prefill.observe(seconds)
+
+    def on_ar_step(self, rows: int, seconds: float) -> None:
+        self.ar_step.observe(seconds)
+        self.ar_batch.observe(rows)
+
+    def on_tokens(self, n: int) -> None:
+        self.tokens.inc(n)
+
+    def on_decode(self, rows: int, seconds: float, audio_seconds: float) -> None:
+        self.decode_chunk.observe(seconds)
+        self.decoder_batch.observe(rows)
+
+    def on_chunk(self, session, samples: int, underrun: bool) -> None:
+        self.chunks.inc()
+        self.audio_seconds.inc(samples / 32000.0)
+        if underrun:
+            self.underruns.inc()
+
+    def on_finished(self, session) -> None:
+        if session.finish_reason in ("cancelled", "deadline"):
+            self.cancellations.labels(session.finish_reason).inc()
