@@ -1,7 +1,159 @@
 """``gsv synth`` and ``gsv voice add|list|rm`` (registered into the main ``gsv`` command)."""
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from gsv.errors import GsvError
+
+log = logging.getLogger(__name__)
+
+
+def _sampling_args(p) -> None:
+    g = p.add_argument_group("sampling (upstream defaults)")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: random; printed)")
+    g.add_argument("--max-tokens", type=int, default=1500, help="semantic tokens per text segment (25 per second)")
+    g.add_argument("--top-k", type=int, default=15)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--repetition-penalty", type=float, default=1.35)
+    g.add_argument("--speed", type=float, default=1.0)
+    g.add_argument("--noise-scale", type=float, default=0.5)
+    g.add_argument("--split", default="cut5", help="text split method cut0..cut5")
+    g.add_argument("--stream", action="store_true", help="decode in streaming chunks (as the server does)")
+
 
 def register(sub) -> None:
-    """Placeholder until the synthesis pipeline lands: registers nothing."""
-    return None
+    p = sub.add_parser("synth", help="synthesize one text to a WAV file (offline)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--ref-audio", help="reference audio (3-10 s)")
+    p.add_argument("--ref-text", help="transcript of the reference audio")
+    p.add_argument("--ref-lang", help="language of the reference transcript")
+    p.add_argument("--aux-ref", action="append", default=[], help="extra timbre reference (repeatable)")
+    p.add_argument("--voice", help="use a prepared voice from --voices instead of --ref-*")
+    p.add_argument("--voices", help="voices folder (with --voice)")
+    p.add_argument("--text", required=True)
+    p.add_argument("--lang", required=True, help="zh, en, ja, ko, yue, auto, all_zh, ...")
+    p.add_argument("-o", "--output", required=True, help="output WAV (32 kHz, 16-bit)")
+    p.add_argument("--backend", default="torch", help="torch | onnx | onnx-int8 | onnx-fp16 | trt")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    _sampling_args(p)
+    p.set_defaults(func=cmd_synth)
+
+    v = sub.add_parser("voice", help="manage prepared voices")
+    vs = v.add_subparsers(dest="voice_command", required=True)
+    a = vs.add_parser("add", help="prepare a voice from reference audio and store it")
+    a.add_argument("--bundle", required=True)
+    a.add_argument("--voices", required=True)
+    a.add_argument("--id", required=True, dest="voice_id")
+    a.add_argument("--ref-audio", required=True)
+    a.add_argument("--ref-text", required=True)
+    a.add_argument("--ref-lang", required=True)
+    a.add_argument("--aux-ref", action="append", default=[])
+    a.add_argument("--owner", default="")
+    a.add_argument("--consent", default="", help="the speaker's consent statement (recorded with the voice)")
+    a.add_argument("--force", action="store_true", help="replace an existing voice")
+    a.set_defaults(func=cmd_voice_add)
+    ls = vs.add_parser("list", help="list voices")
+    ls.add_argument("--voices", required=True)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_voice_list)
+    rm = vs.add_parser("rm", help="delete a voice")
+    rm.add_argument("--voices", required=True)
+    rm.add_argument("--id", required=True, dest="voice_id")
+    rm.set_defaults(func=cmd_voice_rm)
+
+
+def _options(args):
+    from gsv.sampling import SamplingOptions
+    from gsv.session import SynthesisOptions
+
+    sampling = SamplingOptions(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+                               repetition_penalty=args.repetition_penalty, seed=args.seed, max_tokens=args.max_tokens)
+    seed = sampling.resolved_seed()
+    import dataclasses
+
+    return SynthesisOptions(sampling=dataclasses.replace(sampling, seed=seed), speed=args.speed,
+                            noise_scale=args.noise_scale, streaming=args.stream), seed
+
+
+def cmd_synth(args) -> int:
+    from gsv.audio import write_wav
+    from gsv.checkpoint.bundle import Bundle
+    from gsv.pipeline import Synthesizer
+    from gsv.voice import VoiceStore
+
+    options, seed = _options(args)
+    bundle = Bundle.open(args.bundle)
+    synth = Synthesizer(bundle, backend=args.backend, device=args.device, threads=args.threads)
+    if args.voice:
+        if not args.voices:
+            raise GsvError("--voice needs --voices")
+        voice = VoiceStore(args.voices).load(args.voice, bundle.bundle_id)
+    else:
+        missing = [n for n in ("ref_audio", "ref_text", "ref_lang") if not getattr(args, n)]
+        if missing:
+            raise GsvError("give --voice, or all of --ref-audio, --ref-text and --ref-lang")
+        if bundle.hubert_dir is None:
+            print("gsv: note: the bundle has no HuBERT model, so the reference audio only sets the timbre "
+                  "(upstream's reference-free mode: no prompt tokens, no prompt text)", file=sys.stderr)
+        voice = synth.prepare_voice(args.ref_audio, args.ref_text, args.ref_lang, args.aux_ref)
+    t0 = time.perf_counter()
+    audio, session = synth.synthesize(args.text, args.lang, voice, options, split=args.split)
+    elapsed = time.perf_counter() - t0
+    write_wav(args.output, audio, bundle.sample_rate)
+    seconds = audio.size / bundle.sample_rate
+    print(json.dumps({"output": args.output, "audio_seconds": round(seconds, 3), "seed": seed,
+                      "semantic_tokens": session.total_tokens, "segments": len(session.segments),
+                      "synthesis_seconds": round(elapsed, 3), "rtf": round(elapsed / seconds, 3) if seconds else None,
+                      "backend": args.backend}))
+    return 0
+
+
+def cmd_voice_add(args) -> int:
+    from gsv.checkpoint.bundle import Bundle
+    from gsv.pipeline import TextPreparer, make_voice_preparer
+    from gsv.voice import VoiceStore, validate_voice_id
+
+    validate_voice_id(args.voice_id)
+    store = VoiceStore(args.voices)
+    if store.exists(args.voice_id) and not args.force:
+        raise GsvError(f"voice {args.voice_id!r} already exists (use --force to replace it)")
+    bundle = Bundle.open(args.bundle)
+    preparer = make_voice_preparer(bundle, TextPreparer.from_bundle(bundle))
+    refs = [Path(p) for p in [args.ref_audio, *args.aux_ref]]
+    for r in refs:
+        if not r.is_file():
+            raise GsvError(f"{r}: no such file")
+    voice = preparer.prepare(args.voice_id, refs[0], args.ref_text, args.ref_lang, refs[1:], owner=args.owner,
+                             consent=args.consent)
+    store.save(voice, [r.read_bytes() for r in refs], overwrite=args.force)
+    print(json.dumps(voice.metadata(), ensure_ascii=False))
+    return 0
+
+
+def cmd_voice_list(args) -> int:
+    from gsv.voice import VoiceStore
+
+    store = VoiceStore(args.voices)
+    metas = [store.metadata(v) for v in store.ids()]
+    if args.json:
+        print(json.dumps(metas, ensure_ascii=False, indent=2))
+    else:
+        for m in metas:
+            print(f"{m['voice_id']}\t{m['language']}\t{'ref-free' if m.get('reference_free') else 'prompted'}\t"
+                  f"{m.get('ref_text', '')}")
+    return 0
+
+
+def cmd_voice_rm(args) -> int:
+    from gsv.voice import VoiceStore
+
+    VoiceStore(args.voices).delete(args.voice_id)
+    return 0

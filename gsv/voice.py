@@ -111,14 +111,17 @@ class VoicePreparer:
             raise AudioError("reference audio contains NaN or infinite samples")
         wav16 = resample_soxr(wav, sr, C.SSL_SAMPLE_RATE)
         check_reference(wav16, C.SSL_SAMPLE_RATE)
-        prompt = self.frontend.prepare_prompt(ref_text, language)
-        bert = self.frontend.features(prompt, self.bert)
+        prompt = self.frontend.prepare_prompt(ref_text, language)  # also validates the transcript
         if self.hubert is not None:
             ssl = self.hubert(wav16)
             tokens = self.sovits.extract_latent(ssl.to(next(self.sovits.parameters()).dtype))[0, 0].cpu().long()
+            prompt_ids, bert = list(prompt.ids), self.frontend.features(prompt, self.bert)
         else:
+            # upstream's reference-free mode: no prompt tokens and no prompt text; the reference
+            # spectrogram still sets the timbre through ge
             log.warning("no HuBERT model: voice %s is prepared for reference-free synthesis", voice_id)
             tokens = torch.zeros(0, dtype=torch.long)
+            prompt_ids, bert = [], torch.zeros(self.bundle.gpt_config.bert_dim, 0)
         ges = []
         for i, src in enumerate([ref_audio, *aux_refs]):
             w, r = (wav, sr) if i == 0 else read_audio(src)
@@ -130,7 +133,7 @@ class VoicePreparer:
                 w32 = w32 / min(2.0, peak)
             ges.append(self.sovits.speaker_embedding(spectrogram(w32))[0])
         ge = torch.stack(ges).mean(0)
-        return Voice(voice_id, language, ref_text, list(prompt.phones), bert, tokens, ge.cpu(), self.bundle.bundle_id,
+        return Voice(voice_id, language, ref_text, prompt_ids, bert, tokens, ge.cpu(), self.bundle.bundle_id,
                      owner=owner, consent=consent, norm_text=prompt.norm_text, n_aux_refs=len(aux_refs))
 
 
