@@ -33,3 +33,7 @@ test-fast: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache out
+
+# Regenerate the gRPC stubs (committed; tests/test_protos.py checks they are up to date).
+protos: setup
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. protos/tts/v1/tts.proto

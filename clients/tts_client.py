@@ -1,0 +1,322 @@
+"""Client library for the ``gsv.tts.v1.TextToSpeech`` service.
+
+    from clients import TtsClient
+    with TtsClient("localhost:50051") as tts:
+        for chunk in tts.stream("Hello there.", voice="alice"):
+            play(chunk.samples)            # float32 numpy at chunk.sample_rate
+
+:class:`TtsClient` is synchronous (thread-safe, one channel); :class:`AsyncTtsClient` is the
+asyncio twin.  Both raise :class:`TtsError` (with the gRPC status code) on failure.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Iterable, Iterator
+
+import grpc
+import numpy as np
+
+from protos.tts.v1 import tts_pb2 as pb
+from protos.tts.v1 import tts_pb2_grpc as pb_grpc
+
+ENCODINGS = {"pcm_s16le": pb.PCM_S16LE, "pcm_f32le": pb.PCM_F32LE, "wav": pb.WAV}
+LATENCY = {"balanced": pb.BALANCED, "lowest": pb.LOWEST_LATENCY, "quality": pb.HIGHEST_QUALITY}
+SPLITS = {f"cut{i}": getattr(pb, f"CUT{i}") for i in range(6)}
+
+
+class TtsError(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str, retry_after_ms: int | None = None):
+        super().__init__(f"{code.name}: {details}")
+        self.code, self.details, self.retry_after_ms = code, details, retry_after_ms
+
+    @classmethod
+    def from_rpc(cls, e: grpc.RpcError) -> "TtsError":
+        retry = None
+        try:
+            for k, v in (e.trailing_metadata() or ()):
+                if k == "grpc-retry-pushback-ms":
+                    retry = int(v)
+        except Exception:  # noqa: BLE001 - some error objects carry no metadata
+            pass
+        return cls(e.code(), e.details() or "", retry)
+
+
+@dataclass
+class AudioChunk:
+    samples: np.ndarray  # float32 mono
+    sample_rate: int
+    sequence: int
+    start_sample: int
+    arrival: float  # time.monotonic() when received
+
+
+@dataclass
+class StreamResult:
+    """Everything a stream produced, plus client-side timings."""
+
+    request_id: str = ""
+    seed: int = 0
+    sample_rate: int = 32000
+    chunks: list[AudioChunk] = field(default_factory=list)
+    summary: pb.SynthesisSummary | None = None
+    t_start: float = 0.0
+    t_first_audio: float | None = None
+    t_end: float = 0.0
+
+    @property
+    def audio(self) -> np.ndarray:
+        return np.concatenate([c.samples for c in self.chunks]) if self.chunks else np.zeros(0, np.float32)
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(c.samples.size for c in self.chunks) / self.sample_rate
+
+    @property
+    def ttfa_ms(self) -> float | None:
+        return None if self.t_first_audio is None else 1000 * (self.t_first_audio - self.t_start)
+
+    @property
+    def total_ms(self) -> float:
+        return 1000 * (self.t_end - self.t_start)
+
+    def underruns(self) -> int:
+        """Chunks that arrived after the audio received before them had finished playing."""
+        if not self.chunks:
+            return 0
+        count, t0, played = 0, self.chunks[0].arrival, 0.0
+        for c in self.chunks:
+            if c.arrival > t0 + played + 1e-3 and c is not self.chunks[0]:
+                count += 1
+                t0, played = c.arrival, 0.0  # playback restarts when the late chunk arrives
+            played += c.samples.size / c.sample_rate
+        return count
+
+
+def config(voice: str, language: str = "", *, encoding: str = "pcm_s16le", sample_rate: int = 0,
+           seed: int | None = None, temperature: float | None = None, top_k: int | None = None,
+           top_p: float | None = None, repetition_penalty: float | None = None, speed: float | None = None,
+           max_audio_seconds: float | None = None, latency: str = "balanced", split: str = "cut5",
+           request_id: str = "") -> pb.SynthesisConfig:
+    sampling = pb.SamplingParams()
+    for name, value in (("seed", seed), ("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
+                        ("repetition_penalty", repetition_penalty)):
+        if value is not None:
+            setattr(sampling, name, value)
+    c = pb.SynthesisConfig(voice_id=voice, language=language,
+                           output=pb.AudioFormat(encoding=ENCODINGS[encoding], sample_rate_hz=sample_rate),
+                           sampling=sampling, latency_mode=LATENCY[latency], text_split=SPLITS[split],
+                           request_id=request_id)
+    if speed is not None:
+        c.speed = speed
+    if max_audio_seconds is not None:
+        c.max_audio_seconds = max_audio_seconds
+    return c
+
+
+def decode_pcm(data: bytes, encoding: int) -> np.ndarray:
+    if encoding == pb.PCM_F32LE:
+        return np.frombuffer(data, dtype="<f4").astype(np.float32)
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32767.0
+
+
+def _channel_args(tls_root: bytes | None):
+    opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.max_send_message_length", 16 * 1024 * 1024)]
+    return opts
+
+
+def _metadata(token: str | None):
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
+class _Consumer:
+    """Turns StreamingSynthesize/BidiSynthesize messages into a StreamResult."""
+
+    def __init__(self):
+        self.result = StreamResult(t_start=time.monotonic())
+        self.encoding = pb.PCM_S16LE
+
+    def feed(self, msg) -> AudioChunk | None:
+        kind = msg.WhichOneof("event")
+        r = self.result
+        if kind == "start":
+            r.request_id, r.seed = msg.start.request_id, msg.start.seed
+            r.sample_rate = msg.start.format.sample_rate_hz or 32000
+            self.encoding = msg.start.format.encoding or pb.PCM_S16LE
+        elif kind == "audio":
+            now = time.monotonic()
+            if r.t_first_audio is None:
+                r.t_first_audio = now
+            chunk = AudioChunk(decode_pcm(msg.audio.data, self.encoding), r.sample_rate, msg.audio.sequence,
+                               msg.audio.start_sample, now)
+            r.chunks.append(chunk)
+            return chunk
+        elif kind == "summary":
+            r.summary = msg.summary
+        return None
+
+    def finish(self) -> StreamResult:
+        self.result.t_end = time.monotonic()
+        return self.result
+
+
+class TtsClient:
+    def __init__(self, target: str, *, token: str | None = None, tls_root_cert: bytes | None = None,
+                 timeout: float | None = 300.0):
+        creds = grpc.ssl_channel_credentials(tls_root_cert) if tls_root_cert is not None else None
+        opts = _channel_args(tls_root_cert)
+        self.channel = grpc.secure_channel(target, creds, opts) if creds else grpc.insecure_channel(target, opts)
+        self.stub = pb_grpc.TextToSpeechStub(self.channel)
+        self.metadata, self.timeout = _metadata(token), timeout
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise TtsError(grpc.StatusCode.UNAVAILABLE, f"server not reachable within {timeout:g} s") from None
+
+    def _call(self, fn, request):
+        try:
+            return fn(request, timeout=self.timeout, metadata=self.metadata)
+        except grpc.RpcError as e:
+            raise TtsError.from_rpc(e) from None
+
+    # ---- synthesis
+    def synthesize(self, text: str, voice: str, **kw) -> pb.SynthesizeResponse:
+        return self._call(self.stub.Synthesize, pb.SynthesizeRequest(config=config(voice, **kw), text=text))
+
+    def stream_chunks(self, text: str, voice: str, **kw) -> Iterator[AudioChunk]:
+        """Yield audio chunks as they arrive; ``self.last`` holds the StreamResult afterwards."""
+        consumer = _Consumer()
+        self.last = consumer.result
+        call = self.stub.StreamingSynthesize(pb.SynthesizeRequest(config=config(voice, **kw), text=text),
+                                             timeout=self.timeout, metadata=self.metadata)
+        try:
+            for msg in call:
+                chunk = consumer.feed(msg)
+                if chunk is not None:
+                    yield chunk
+        except grpc.RpcError as e:
+            raise TtsError.from_rpc(e) from None
+        finally:
+            call.cancel()
+            consumer.finish()
+
+    def stream(self, text: str, voice: str, **kw) -> StreamResult:
+        for _ in self.stream_chunks(text, voice, **kw):
+            pass
+        return self.last
+
+    def bidi(self, pieces: Iterable[str | tuple[str, bool]], voice: str, **kw) -> StreamResult:
+        """Send text pieces (``(text, flush)`` tuples or plain strings) and collect the audio."""
+
+        def requests():
+            yield pb.BidiSynthesizeRequest(config=config(voice, **kw))
+            for p in pieces:
+                text, flush = p if isinstance(p, tuple) else (p, False)
+                yield pb.BidiSynthesizeRequest(input=pb.TextInput(text=text, flush=flush))
+
+        consumer = _Consumer()
+        try:
+            for msg in self.stub.BidiSynthesize(requests(), timeout=self.timeout, metadata=self.metadata):
+                consumer.feed(msg)
+        except grpc.RpcError as e:
+            raise TtsError.from_rpc(e) from None
+        return consumer.finish()
+
+    # ---- voices
+    def register_voice(self, voice_id: str, reference_audio: bytes, reference_text: str, reference_language: str,
+                       consent: str, aux: list[bytes] = (), display_name: str = "", overwrite: bool = False) -> pb.Voice:
+        req = pb.RegisterVoiceRequest(voice_id=voice_id, reference_audio=reference_audio,
+                                      reference_text=reference_text, reference_language=reference_language,
+                                      aux_reference_audio=list(aux), display_name=display_name,
+                                      consent_statement=consent, overwrite=overwrite)
+        return self._call(self.stub.RegisterVoice, req)
+
+    def get_voice(self, voice_id: str) -> pb.Voice:
+        return self._call(self.stub.GetVoice, pb.GetVoiceRequest(voice_id=voice_id))
+
+    def list_voices(self, language: str = "") -> list[pb.Voice]:
+        out, token = [], ""
+        while True:
+            resp = self._call(self.stub.ListVoices, pb.ListVoicesRequest(page_token=token, language=language))
+            out.extend(resp.voices)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    def delete_voice(self, voice_id: str) -> None:
+        self._call(self.stub.DeleteVoice, pb.DeleteVoiceRequest(voice_id=voice_id))
+
+    def server_config(self) -> pb.ServerConfig:
+        return self._call(self.stub.GetServerConfig, pb.GetServerConfigRequest())
+
+
+class AsyncTtsClient:
+    """asyncio client (grpc.aio); create it inside a running event loop."""
+
+    def __init__(self, target: str, *, token: str | None = None, tls_root_cert: bytes | None = None,
+                 timeout: float | None = 300.0):
+        creds = grpc.ssl_channel_credentials(tls_root_cert) if tls_root_cert is not None else None
+        opts = _channel_args(tls_root_cert)
+        self.channel = grpc.aio.secure_channel(target, creds, opts) if creds else grpc.aio.insecure_channel(target, opts)
+        self.stub = pb_grpc.TextToSpeechStub(self.channel)
+        self.metadata, self.timeout = _metadata(token), timeout
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    async def synthesize(self, text: str, voice: str, **kw) -> pb.SynthesizeResponse:
+        try:
+            return await self.stub.Synthesize(pb.SynthesizeRequest(config=config(voice, **kw), text=text),
+                                              timeout=self.timeout, metadata=self.metadata)
+        except grpc.RpcError as e:
+            raise TtsError.from_rpc(e) from None
+
+    async def stream_chunks(self, text: str, voice: str, result: StreamResult | None = None,
+                            **kw) -> AsyncIterator[AudioChunk]:
+        consumer = _Consumer()
+        if result is not None:
+            consumer.result = result
+            result.t_start = time.monotonic()
+        call = self.stub.StreamingSynthesize(pb.SynthesizeRequest(config=config(voice, **kw), text=text),
+                                             timeout=self.timeout, metadata=self.metadata)
+        try:
+            async for msg in call:
+                chunk = consumer.feed(msg)
+                if chunk is not None:
+                    yield chunk
+        except grpc.RpcError as e:
+            raise TtsError.from_rpc(e) from None
+        finally:
+            call.cancel()
+            consumer.finish()
+
+    async def stream(self, text: str, voice: str, **kw) -> StreamResult:
+        result = StreamResult()
+        async for _ in self.stream_chunks(text, voice, result=result, **kw):
+            pass
+        return result
+
+    async def list_voices(self, language: str = "") -> list[pb.Voice]:
+        try:
+            resp = await self.stub.ListVoices(pb.ListVoicesRequest(language=language), timeout=self.timeout,
+                                              metadata=self.metadata)
+        except grpc.RpcError as e:
+            raise TtsError.from_rpc(e) from None
+        return list(resp.voices)
