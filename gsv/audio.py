@@ -34,7 +34,10 @@ def spectrogram(wav: torch.Tensor, n_fft: int = C.N_FFT, hop: int = C.HOP_LENGTH
     """wav [B, N] in [-1, 1] -> linear magnitude spectrogram [B, n_fft // 2 + 1, F]."""
     pad = (n_fft - hop) // 2
     y = F.pad(wav.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
-    spec = torch.stft(y, n_fft, hop_length=hop, win_length=win, window=_hann(win, wav.dtype, str(wav.device)),
+    window = _hann(win, wav.dtype, str(wav.device))
+    if torch.is_inference(window) and not torch.is_inference_mode_enabled():
+        window = window.clone()  # cached under inference_mode; autograd (training) may not save it
+    spec = torch.stft(y, n_fft, hop_length=hop, win_length=win, window=window,
                       center=False, pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
     return torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + C.SPEC_EPS)
 

@@ -47,7 +47,9 @@ class TextPreparer:
 
     @property
     def languages(self) -> tuple[str, ...]:
-        return tuple(self.frontend.languages)
+        from gsv.text.frontend import LANGUAGE_MODES
+
+        return tuple(LANGUAGE_MODES[self.version])
 
     def features(self, prepared) -> torch.Tensor:
         """Per-phone BERT features [bert_dim, n_phones] of a prepared segment."""
@@ -73,23 +75,6 @@ class TextPreparer:
         return prepared, self.features(prepared)
 
 
-class _PromptAdapter:
-    """What VoicePreparer needs from the text side."""
-
-    def __init__(self, text: TextPreparer):
-        self.text = text
-
-    def prepare_prompt(self, ref_text: str, language: str):
-        prepared, bert = self.text.prompt(ref_text, language)
-        prepared.bert_features = bert
-        return prepared
-
-    def features(self, prepared, _bert=None) -> torch.Tensor:
-        return prepared.bert_features
-
-
-
-
 def make_voice_preparer(bundle, text: TextPreparer, device: str = "cpu"):
     """A VoicePreparer with the bundle's SoVITS (torch) and HuBERT (when present)."""
     from gsv.voice import VoicePreparer
@@ -101,7 +86,7 @@ def make_voice_preparer(bundle, text: TextPreparer, device: str = "cpu"):
         hubert = HubertExtractor(bundle.hubert_dir, device)
         if hubert.dim != bundle.sovits_config.ssl_dim:
             raise GsvError(f"the bundle's HuBERT has {hubert.dim}-d features but SoVITS expects {bundle.sovits_config.ssl_dim}")
-    return VoicePreparer(bundle, _PromptAdapter(text), sovits=bundle.load_sovits(device), hubert=hubert)
+    return VoicePreparer(bundle, text, sovits=bundle.load_sovits(device), hubert=hubert)
 
 
 class Synthesizer:

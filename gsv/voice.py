@@ -93,12 +93,11 @@ def check_reference(samples: np.ndarray, sr: int, name: str = "reference audio",
 class VoicePreparer:
     """Turns references into a :class:`Voice` with the bundle's SoVITS, HuBERT and BERT."""
 
-    def __init__(self, bundle, frontend, sovits=None, hubert=None, bert=None):
+    def __init__(self, bundle, text, sovits=None, hubert=None):
         self.bundle = bundle
-        self.frontend = frontend
+        self.text = text  # gsv.pipeline.TextPreparer: prompt text -> (prepared, BERT features)
         self.sovits = sovits if sovits is not None else bundle.load_sovits()
         self.hubert = hubert
-        self.bert = bert
 
     @torch.no_grad()
     def prepare(self, voice_id: str, ref_audio: str | Path | bytes, ref_text: str, language: str,
@@ -111,11 +110,11 @@ class VoicePreparer:
             raise AudioError("reference audio contains NaN or infinite samples")
         wav16 = resample_soxr(wav, sr, C.SSL_SAMPLE_RATE)
         check_reference(wav16, C.SSL_SAMPLE_RATE)
-        prompt = self.frontend.prepare_prompt(ref_text, language)  # also validates the transcript
+        prompt, prompt_bert = self.text.prompt(ref_text, language)  # also validates the transcript
         if self.hubert is not None:
             ssl = self.hubert(wav16)
             tokens = self.sovits.extract_latent(ssl.to(next(self.sovits.parameters()).dtype))[0, 0].cpu().long()
-            prompt_ids, bert = list(prompt.ids), self.frontend.features(prompt, self.bert)
+            prompt_ids, bert = list(prompt.ids), prompt_bert
         else:
             # upstream's reference-free mode: no prompt tokens and no prompt text; the reference
             # spectrogram still sets the timbre through ge

@@ -51,9 +51,17 @@ def language_module(lang: str, version: str = "v2"):
         raise
 
 
-def clean_text(text: str, lang: str, version: str = "v2") -> CleanedText:
-    """Normalise and phonemise ``text`` of one language, mapping unknown phones to UNK."""
-    module = language_module(lang, version)
+def clean_text(text: str, lang: str, version: str = "v2", *, module=None) -> CleanedText:
+    """Normalise and phonemise ``text`` of one language, mapping unknown phones to UNK.
+
+    ``module`` replaces the language's default frontend module by any object with the same
+    ``normalize``/``g2p`` functions (e.g. a :class:`gsv.text.ja.JapaneseG2P` with a user
+    dictionary); the language code still decides the language-specific rules below.
+    """
+    if module is None:
+        module = language_module(lang, version)
+    elif lang not in LANGUAGE_MODULES.get(version, {}):
+        language_module(lang, version)  # raises UnknownLanguageError with the usual message
     for mark, mark_lang, symbol in SPECIAL_PAUSES:
         if mark in text and lang == mark_lang:
             return _clean_special(module, text, mark, symbol, version)

@@ -24,10 +24,12 @@ module default used by ``clean_text``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -63,6 +65,26 @@ _MISSING = -50
 def _feature(regex: re.Pattern, label: str) -> int:
     m = regex.search(label)
     return _MISSING if m is None else int(m.group(1))
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send the dictionary compiler's progress output (written by C code to fd 1) to stderr.
+
+    Commands such as ``gsv phonemize`` write JSON on stdout, which must stay clean.
+    """
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no usable fd 1 (embedded interpreter): nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def collapse_pause_runs(text: str) -> str:
@@ -124,7 +146,8 @@ class JapaneseG2P:
         os.close(fd)
         try:
             logger.info("compiling Japanese user dictionary %s -> %s", src, out)
-            pyopenjtalk.mecab_dict_index(str(src), tmp)
+            with _stdout_to_stderr():
+                pyopenjtalk.mecab_dict_index(str(src), tmp)
             if os.path.getsize(tmp) == 0:
                 raise GsvError(f"compiling the Japanese user dictionary {src} failed")
             os.replace(tmp, out)
@@ -187,7 +210,8 @@ def _prosody_from_labels(labels: list[str]) -> list[str]:
         a2 = _feature(_RE_A2, label)
         a3 = _feature(_RE_A3, label)
         f1 = _feature(_RE_F1, label)
-        a2_next = _feature(_RE_A2, labels[n + 1])
+        # The last label is always a silence; the guard only keeps malformed input from crashing.
+        a2_next = _feature(_RE_A2, labels[n + 1]) if n < last else _MISSING
         # Substring test on purpose: it is what decides which phones may close a phrase.
         if a3 == 1 and a2_next == 1 and p3 in "aeiouAEIOUNcl":
             out.append("#")

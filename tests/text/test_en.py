@@ -111,6 +111,41 @@ def test_dictionary_overrides_and_removals():
     assert dictionary.lookup("a(2)") is None
 
 
+@pytest.mark.parametrize(
+    "word, pron",
+    [
+        # first readings of CMUdict 0.7b, which upstream reads before any later CMUdict
+        ("office", "AO1 F AH0 S"),
+        ("government", "G AH1 V ER0 N M AH0 N T"),
+        ("zero", "Z IY1 R OW0"),
+        ("chemical", "K EH1 M IH0 K AH0 L"),
+        ("information", "IH2 N F AO2 R M EY1 SH AH0 N"),
+    ],
+)
+def test_cmudict_07b_comes_first(word, pron):
+    assert dictionary.lookup(word) == tuple(pron.split())
+
+
+def test_later_cmudict_fills_words_07b_lacks():
+    assert "login" not in dictionary._load_cmudict_07b()
+    assert dictionary.lookup("login") == ("L", "AO1", "G", "IH2", "N")
+    # 0.7b-only spellings stay; its Latin-1 "DÉJÀ" line is dropped (upstream's copy is mangled)
+    assert dictionary.lookup("deja") == ("D", "IY1", "JH", "AH0")
+    assert dictionary.lookup("déjà") is None
+
+
+def test_missing_cmudict_07b_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(dictionary.importlib.util, "find_spec", lambda name: None)
+    dictionary.cmu_dictionary.cache_clear()
+    try:
+        with pytest.raises(TextError, match=r"pronouncing==0\.1\.5"):
+            dictionary.lookup("office")
+    finally:
+        monkeypatch.undo()
+        dictionary.cmu_dictionary.cache_clear()
+    assert dictionary.lookup("office") == ("AO1", "F", "AH0", "S")
+
+
 # ---------------------------------------------------------------- G2P rules
 
 def test_capital_a_and_article_a():
@@ -206,5 +241,7 @@ def test_import_is_lazy():
         "assert oov.predictor.cache_info().currsize == 0\n"
         "assert homographs.homographs.cache_info().currsize == 0\n"
         "assert 'nltk' not in sys.modules and 'wordsegment' not in sys.modules and 'inflect' not in sys.modules\n"
+        "dictionary.lookup('office')\n"
+        "assert 'pronouncing' not in sys.modules  # only its data file is read\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -41,3 +41,19 @@ def test_clean_text_case(case):
     assert got.phones == case["phones"]
     assert got.word2ph == case["word2ph"]
     assert cleaned_text_to_sequence(got.phones, case.get("version", "v2")) == case["ids"]
+
+
+# ------------------------------------------------------------------------------ segmentation
+# Records with "pipeline_segments": the cut method's exact output, and upstream's pre_seg_text
+# after replace_consecutive_punctuation (segmentation_visible.jsonl and its held-out twin).
+
+@pytest.mark.parametrize("case", _load("pipeline_segments"))
+def test_segmentation_case(case):
+    from gsv.text import segment
+
+    output = segment.get_method(case["method"])(case["text"])
+    assert output == case["output"]
+    if "segments" in case:
+        assert output.split("\n") == case["segments"]
+    got = segment.pre_seg_text(segment.replace_consecutive_punctuation(case["text"]), case["lang"], case["method"])
+    assert got == case["pipeline_segments"]

@@ -28,7 +28,8 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.transpose(1, -1)
-        x = F.layer_norm(x, (x.shape[-1],), self.gamma, self.beta, self.eps)
+        # the normalised size comes from the parameters: x.shape[-1] is a traced value under ONNX export
+        x = F.layer_norm(x, self.gamma.shape, self.gamma, self.beta, self.eps)
         return x.transpose(1, -1)
 
 

@@ -25,6 +25,39 @@ from gsv.models.sovits.reference import MelStyleEncoder
 from gsv.models.sovits.vocoder import Generator
 
 
+def speed_frames(y: torch.Tensor, speed: float | torch.Tensor):
+    """Latent frames after a speed change of y [B, C, T]: upstream's ``int(T / speed) + 1``, T at speed 1.
+
+    A Python ``speed`` gives an int (double maths, as upstream); a 0-d tensor gives a 0-d int64 tensor
+    computed in float32 inside the graph, so the length follows the speed input of an exported graph.
+    """
+    if not isinstance(speed, torch.Tensor):
+        return y.shape[-1] if speed == 1 else int(y.shape[-1] / speed) + 1
+    t = torch._shape_as_tensor(y)[2]  # a traced shape value, not a constant, under ONNX export
+    resized = torch.floor(t.to(torch.float32) / speed).to(torch.int64) + 1
+    return torch.where(speed == 1, t, resized)
+
+
+def resample_linear(y: torch.Tensor, frames) -> torch.Tensor:
+    """``F.interpolate(y, size=frames, mode="linear")`` (align_corners=False) written with gathers so
+    ``frames`` may be a tensor; same float32 arithmetic as PyTorch's kernel.  y: [B, C, T] -> [B, C, frames]."""
+    last = torch._shape_as_tensor(y)[2] - 1  # a tensor, so exported graphs do not bake in the example length
+    scale = (last + 1).to(torch.float32) / torch.as_tensor(frames, device=y.device).to(torch.float32)
+    dst = torch.arange(frames, device=y.device).to(torch.float32)
+    src = (scale * (dst + 0.5) - 0.5).clamp(min=0.0)
+    i0 = torch.minimum(src.to(torch.int64), last)  # src >= 0, so truncation is floor
+    w = (src - i0.to(torch.float32)).to(y.dtype)
+    i1 = torch.where(i0 < last, i0 + 1, i0)
+    return y.index_select(2, i0) * (1.0 - w) + y.index_select(2, i1) * w
+
+
+def resample_nearest(y: torch.Tensor, frames) -> torch.Tensor:
+    """``F.interpolate(y, size=frames, mode="nearest")`` with a possibly tensor ``frames``: y [B, C, T] -> [B, C, frames]."""
+    last = torch._shape_as_tensor(y)[2] - 1
+    scale = (last + 1).to(torch.float32) / torch.as_tensor(frames, device=y.device).to(torch.float32)
+    src = torch.floor(torch.arange(frames, device=y.device).to(torch.float32) * scale).to(torch.int64)
+    return y.index_select(2, torch.minimum(src, last))
+
 class MRTE(nn.Module):
     """Multi-reference timbre encoder: content attends to the phones; ge added as a global bias."""
 
@@ -60,9 +93,9 @@ class TextEncoder(nn.Module):
         self.encoder2 = Encoder(hc, fc, nh, nl // 2, ks, p)
         self.proj = nn.Conv1d(hc, cfg.inter_channels * 2, 1)
 
-    def forward(self, y, y_lengths, text, text_lengths, ge, speed: float = 1.0):
-        """y: [B, 768, T] 50 Hz features; text: [B, Tt] phone ids; ge: [B, gin, 1].
-        Returns (h, m, logs, mask) with m/logs [B, inter, T'] where T' = int(T / speed) + 1 when speed != 1."""
+    def forward(self, y, y_lengths, text, text_lengths, ge, speed: float | torch.Tensor = 1.0):
+        """y: [B, 768, T] 50 Hz features; text: [B, Tt] phone ids; ge: [B, gin, 1]; speed a float or a
+        0-d float32 tensor.  Returns (h, m, logs, mask) with m/logs [B, inter, T'], T' = speed_frames(T, speed)."""
         y_mask = sequence_mask(y_lengths, y.shape[2]).unsqueeze(1).to(y.dtype)
         y = self.ssl_proj(y * y_mask) * y_mask
         y = self.encoder_ssl(y * y_mask, y_mask)
@@ -71,10 +104,12 @@ class TextEncoder(nn.Module):
         t = self.encoder_text(t * text_mask, text_mask)
         y = self.mrte(y, y_mask, t, text_mask, ge)
         y = self.encoder2(y * y_mask, y_mask)
-        if speed != 1:
-            # upstream: linear resampling to int(T / speed) + 1 frames (note the +1), nearest for the mask
-            y = F.interpolate(y, size=int(y.shape[-1] / speed) + 1, mode="linear")
-            y_mask = F.interpolate(y_mask, size=y.shape[-1], mode="nearest")
+        if isinstance(speed, torch.Tensor) or speed != 1:
+            # upstream: linear resampling to int(T / speed) + 1 frames (note the +1), nearest for the mask.
+            # A tensor speed (an ONNX graph input) takes the same path with the length computed in-graph.
+            frames = speed_frames(y, speed)
+            y = resample_linear(y, frames)
+            y_mask = resample_nearest(y_mask, frames)
         stats = self.proj(y) * y_mask
         m, logs = stats[:, : self.out_channels], stats[:, self.out_channels :]
         return y, m, logs, y_mask

@@ -1,0 +1,81 @@
+"""Writing the ONNX files: FP32 export of a wrapper, INT8 dynamic quantisation, FP16 conversion.
+
+Every function writes exactly one file at the path it is given (the caller's temporary
+directory); nothing here knows about bundles or manifests.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from export.graphs import GRAPHS, OPSET, dynamic_axes, input_names, output_names
+from export.wrappers import TRACE_SIZES, build_wrapper, sample_inputs
+
+log = logging.getLogger(__name__)
+
+# Ops kept in FP32 by the FP16 conversion.  Peers' FP16 engines produce NaN exactly here:
+# LayerNorm's variance and softmax's sum overflow fp16 (max 65504) on long or loud inputs; exp/log/pow
+# and reductions lose most of their precision or overflow; Range/Cast/shape maths must stay exact.
+FP16_KEEP_FP32_OPS = (
+    "LayerNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2",
+    "Exp", "Log", "Pow", "Sqrt", "Reciprocal", "Softplus", "Range", "Cast", "CumSum",
+)
+# Ops whose constant weights INT8 dynamic quantisation replaces (weights int8 per output channel,
+# activations uint8 per tensor, quantised on the fly: no calibration data needed).
+INT8_OPS = ("MatMul", "Gemm")
+
+
+def export_fp32(graph: str, path: Path, consts: dict, gpt=None, sovits=None) -> None:
+    """Trace the wrapper of ``graph`` and write an FP32 ONNX file (weights inline)."""
+    spec = GRAPHS[graph]
+    wrapper = build_wrapper(graph, gpt=gpt, sovits=sovits)
+    gen = torch.Generator().manual_seed(0)
+    args = sample_inputs(graph, TRACE_SIZES, getattr(gpt, "cfg", None), getattr(sovits, "cfg", None), gen)
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer warns about every Python int it sees; the dynamic-length verification is what
+        # proves no length was baked in, so the warnings would only be noise here
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, args, str(path), dynamo=False, opset_version=OPSET,
+            input_names=input_names(spec, consts), output_names=output_names(spec, consts),
+            dynamic_axes=dynamic_axes(spec, consts), do_constant_folding=True,
+        )
+    _check_io(path, spec, consts)
+
+
+def _check_io(path: Path, spec, consts) -> None:
+    """The traced graph must expose exactly the declared IO (a wrapper/spec mismatch is a bug)."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    got_in = [i.name for i in m.graph.input]
+    got_out = [o.name for o in m.graph.output]
+    if got_in != input_names(spec, consts) or got_out != output_names(spec, consts):
+        raise RuntimeError(f"{spec.name}: exported IO {got_in} -> {got_out} differs from export/graphs.py")
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """ORT dynamic quantisation of the MatMul/Gemm weights (per channel, signed int8 weights)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src), str(dst), op_types_to_quantize=list(INT8_OPS), per_channel=True, weight_type=QuantType.QInt8,
+        # only weights are quantised: MatMuls of two activations (attention scores) stay FP32
+        extra_options={"MatMulConstBOnly": True},
+    )
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    """FP16 weights and activations, with the ops of FP16_KEEP_FP32_OPS in FP32 and FP32 graph IO."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "values truncated to fp16 range" for -1e4/-inf mask constants is expected
+        out = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP16_KEEP_FP32_OPS),
+                                       disable_shape_infer=False)
+    onnx.save(out, str(dst))

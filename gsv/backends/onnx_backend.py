@@ -1,0 +1,225 @@
+"""ONNX Runtime backends (CPU, CUDA EP, TensorRT EP) over the graphs ``gsv-export`` writes into a bundle.
+
+Graphs and their IO come from the bundle manifest (``artifacts`` entries of kind ``onnx``); this
+module never imports the exporter.  Tensors cross the interface as torch tensors: on the CPU they
+are handed to ORT as zero-copy numpy views (the KV cache of every layer is read in place) and
+results come back as ``torch.from_numpy`` views; on CUDA, inputs and pre-allocated torch outputs
+are bound by device pointer (IO binding), so nothing is copied through the host.
+
+Devices: ``cpu``; ``cuda`` / ``cuda:N`` (CUDA EP); ``tensorrt`` / ``tensorrt:N`` (TensorRT EP with an
+engine cache under ``BUNDLE/trt/ort-ep-cache``, CUDA EP as fallback for unsupported nodes).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gsv.backends.base import AudioBackend, GPTBackend
+from gsv.errors import BundleError, GsvError
+
+log = logging.getLogger(__name__)
+
+PRECISION_OF = {"onnx": "fp32", "onnx-int8": "int8", "onnx-fp16": "fp16"}
+# onnx-int8 quantises the GPT only (its MatMul weights dominate decode time); the SoVITS graphs are
+# convolution-bound and quality-sensitive, so that backend runs their FP32 graphs.
+FALLBACK = {"int8": "fp32"}
+GPT_GRAPHS = ("gpt_prefill", "gpt_decode")
+AUDIO_GRAPHS = ("sovits_window", "vocoder")
+_NP = {"int64": np.int64, "float32": np.float32}
+
+
+def default_threads() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def latent_frames(tokens: int, speed: float) -> int:
+    """Frames of z for ``tokens`` codes, computed as the exported graph does (float32 maths)."""
+    if speed == 1.0:
+        return 2 * tokens
+    return int(np.float32(2 * tokens) / np.float32(speed)) + 1
+
+
+class OrtGraph:
+    """One ONNX graph in an ORT session: ``run(dict of torch tensors) -> list of torch tensors``."""
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None, trt_cache: Path | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise BundleError(f"{self.path}: exported graph is missing (re-run gsv-export)")
+        kind, _, index = device.partition(":")
+        self.device_id = int(index or 0)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = threads or default_threads()
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3  # ORT's warnings about unused initializers etc. are not actionable here
+        if kind == "cpu":
+            providers = ["CPUExecutionProvider"]
+        elif kind == "cuda":
+            providers = [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
+        elif kind == "tensorrt":
+            cache = str(trt_cache or self.path.parent / "trt-ep-cache")
+            Path(cache).mkdir(parents=True, exist_ok=True)
+            providers = [("TensorrtExecutionProvider", {
+                "device_id": self.device_id, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": cache, "trt_timing_cache_enable": True, "trt_timing_cache_path": cache,
+            }), ("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
+        else:
+            raise GsvError(f"unknown ONNX Runtime device {device!r} (cpu, cuda[:N], tensorrt[:N])")
+        available = ort.get_available_providers()
+        wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        if wanted not in available:
+            raise GsvError(f"ONNX Runtime here has no {wanted} (available: {', '.join(available)}); "
+                           "install onnxruntime-gpu for cuda/tensorrt")
+        self.on_gpu = kind != "cpu"
+        self.session = ort.InferenceSession(str(self.path), so, providers=providers)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self._types = {i.name: i.type for i in self.session.get_inputs()}
+
+    def run(self, feeds: dict[str, torch.Tensor], output_shapes: dict[str, tuple] | None = None) -> list[torch.Tensor]:
+        """feeds: every graph input by name.  On GPU, ``output_shapes`` lets outputs be written straight
+        into new torch CUDA tensors (else ORT allocates them on the host)."""
+        if not self.on_gpu:
+            arrays = {k: _as_numpy(v) for k, v in feeds.items()}
+            return [torch.from_numpy(o) for o in self.session.run(self.outputs, arrays)]
+        return self._run_bound(feeds, output_shapes or {})
+
+    def _run_bound(self, feeds, output_shapes) -> list[torch.Tensor]:
+        binding = self.session.io_binding()
+        dev = torch.device("cuda", self.device_id)
+        keep = []
+        for name, t in feeds.items():
+            t = t.to(dev).contiguous()
+            keep.append(t)
+            binding.bind_input(name, "cuda", self.device_id, _np_type(t), list(t.shape), t.data_ptr())
+        outs: list[torch.Tensor | None] = []
+        for name in self.outputs:
+            shape = output_shapes.get(name)
+            if shape is None:
+                binding.bind_output(name, "cpu")
+                outs.append(None)
+                continue
+            dtype = torch.int64 if name.endswith("lens") else torch.float32
+            t = torch.empty(shape, dtype=dtype, device=dev)
+            binding.bind_output(name, "cuda", self.device_id, _np_type(t), list(shape), t.data_ptr())
+            outs.append(t)
+        binding.synchronize_inputs()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        host = binding.copy_outputs_to_cpu()
+        return [o if o is not None else torch.from_numpy(h).to(dev) for o, h in zip(outs, host)]
+
+
+def _as_numpy(t: torch.Tensor) -> np.ndarray:
+    if t.device.type != "cpu":
+        t = t.cpu()
+    return t.detach().contiguous().numpy()
+
+
+def _np_type(t: torch.Tensor):
+    return {torch.float32: np.float32, torch.int64: np.int64, torch.float16: np.float16}[t.dtype]
+
+
+# ------------------------------------------------------------------------------------------ backends
+class OnnxGPTBackend(GPTBackend):
+    """prefill / decode step through the exported GPT graphs; the cache is the shared KVCache."""
+
+    def __init__(self, config, prefill: OrtGraph, decode: OrtGraph, name: str = "onnx"):
+        self.config, self.prefill_graph, self.decode_graph, self.name = config, prefill, decode, name
+        self.device = torch.device("cuda", decode.device_id) if decode.on_gpu else torch.device("cpu")
+
+    @classmethod
+    def from_files(cls, config, prefill_path, decode_path, device="cpu", threads=None, name="onnx"):
+        return cls(config, OrtGraph(prefill_path, device, threads), OrtGraph(decode_path, device, threads), name)
+
+    def prefill(self, phones, phone_lens, bert, prompt, prompt_lens):
+        c = self.config
+        n, s = phones.shape[0], phones.shape[1] + prompt.shape[1]
+        kv = (c.n_layer, n, s, c.hidden_dim)
+        logits, k, v, seq_lens = self.prefill_graph.run(
+            {"phones": phones.long(), "phone_lens": phone_lens.long(), "bert": bert.float(), "prompt": prompt.long(),
+             "prompt_lens": prompt_lens.long()},
+            {"logits": (n, c.vocab_size), "k": kv, "v": kv, "seq_lens": (n,)})
+        return logits, k, v, seq_lens
+
+    def decode_step(self, tokens, positions, k_cache, v_cache, kv_lens):
+        c = self.config
+        n = tokens.shape[0]
+        feeds = {"tokens": tokens.long(), "audio_pos": positions.long(), "kv_lens": kv_lens.long()}
+        for i in range(c.n_layer):  # per-layer views of the caller's cache: nothing is copied
+            feeds[f"past_k.{i}"] = k_cache[i]
+            feeds[f"past_v.{i}"] = v_cache[i]
+        new = (c.n_layer, n, c.hidden_dim)
+        logits, new_k, new_v = self.decode_graph.run(feeds, {"logits": (n, c.vocab_size), "new_k": new, "new_v": new})
+        return logits, new_k, new_v
+
+
+class OnnxAudioBackend(AudioBackend):
+    """decode_audio = sovits_window (codes window + phones + ge + noise + speed -> z) then vocoder."""
+
+    def __init__(self, config, window: OrtGraph, vocoder: OrtGraph, name: str = "onnx"):
+        self.config, self.window_graph, self.vocoder_graph, self.name = config, window, vocoder, name
+        self.device = torch.device("cuda", window.device_id) if window.on_gpu else torch.device("cpu")
+
+    @classmethod
+    def from_files(cls, config, window_path, vocoder_path, device="cpu", threads=None, name="onnx"):
+        return cls(config, OrtGraph(window_path, device, threads), OrtGraph(vocoder_path, device, threads), name)
+
+    def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0) -> torch.Tensor:
+        b, tc = codes.shape
+        c = self.config.inter_channels
+        frames = latent_frames(tc, float(speed))
+        if noise is None:  # noise_scale 0: z_p = m_p exactly, as the torch path's None
+            noise = torch.zeros(b, c, frames)
+        elif noise.shape[2] != frames:  # the caller sized it in double maths; rare off-by-one at speed != 1
+            noise = torch.nn.functional.pad(noise, (0, frames - noise.shape[2])) if noise.shape[2] < frames \
+                else noise[:, :, :frames]
+        z, frame_lens = self.window_graph.run(
+            {"codes": codes.long(), "code_lens": code_lens.long(), "phones": phones.long(),
+             "phone_lens": phone_lens.long(), "ge": ge.float(), "noise": noise.float(),
+             "speed": torch.tensor(float(speed), dtype=torch.float32)},
+            {"z": (b, c, frames), "frame_lens": (b,)})
+        (audio,) = self.vocoder_graph.run({"z": z, "ge": ge.float(), "frame_lens": frame_lens},
+                                          {"audio": (b, frames * self.config.hop_length)})
+        return audio
+
+
+# ------------------------------------------------------------------------------------------ bundle
+def find_artifact(bundle, graph: str, precision: str, kind: str = "onnx") -> dict:
+    """The manifest entry of ``graph`` at ``precision`` (int8 falls back to fp32 for unquantised graphs)."""
+    for p in (precision, FALLBACK.get(precision)):
+        for a in bundle.artifacts:
+            if a.get("kind") == kind and a.get("graph") == graph and a.get("precision") == p:
+                if p != precision:
+                    log.info("%s: no %s graph, using %s", graph, precision, p)
+                return a
+    raise BundleError(f"bundle {bundle.path} has no {precision} ONNX export of {graph}; "
+                      f"run: gsv-export --bundle {bundle.path} --precision {precision}")
+
+
+def open_onnx_backends(bundle, name: str = "onnx", device: str = "cpu", threads: int | None = None):
+    """(OnnxGPTBackend, OnnxAudioBackend) of an opened bundle for backend ``name`` (onnx, onnx-int8, onnx-fp16)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise GsvError("the onnx backends need onnxruntime (pip install 'gsv[export]')") from None
+    precision = PRECISION_OF[name]
+    paths = {g: bundle.path / find_artifact(bundle, g, precision)["file"] for g in GPT_GRAPHS + AUDIO_GRAPHS}
+    trt_cache = bundle.path / "trt" / "ort-ep-cache" if device.startswith("tensorrt") else None
+    graphs = {g: OrtGraph(p, device, threads, trt_cache) for g, p in paths.items()}
+    log.info("onnx backend %s on %s: %s", name, device, {g: p.name for g, p in paths.items()})
+    gpt = OnnxGPTBackend(bundle.gpt_config, graphs["gpt_prefill"], graphs["gpt_decode"], name)
+    audio = OnnxAudioBackend(bundle.sovits_config, graphs["sovits_window"], graphs["vocoder"], name)
+    return gpt, audio

@@ -1,0 +1,113 @@
+"""gsv-train prepare on the synthetic set: features, bad lines, quality report, resume, workers, CLI."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from tests.trainer.conftest import N_UTTERANCES
+
+
+def test_prepare_writes_features_and_reports_bad_lines(tiny_exp, bad_lines, tiny_base):
+    index = json.loads((tiny_exp / "dataset.json").read_text())
+    names = {it["name"] for it in index["items"]}
+    assert {f"utt_{i:02d}.wav" for i in range(N_UTTERANCES)} <= names
+    assert "noisy_clipped.wav" in names  # usable, but flagged by the quality report
+    reasons = {os.path.basename(s["wav"]) or s["wav"]: s["reason"] for s in index["skipped"]}
+    for name, part in bad_lines[1].items():
+        assert part in reasons[name], (name, reasons[name])
+    assert len(index["items"]) == N_UTTERANCES + 1
+    assert index["base_id"] == tiny_base.bundle_id
+
+    from safetensors import safe_open
+
+    item = next(it for it in index["items"] if it["name"] == "utt_01.wav")
+    with safe_open(str(tiny_exp / item["file"]), "pt") as f:
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    cfg = tiny_base.sovits_config
+    assert t["ssl"].shape[0] == cfg.ssl_dim and t["spec"].shape[0] == cfg.spec_channels
+    assert t["wav"].dtype == torch.int16 and abs(t["wav"].numel() / 32000 - item["seconds"]) < 1e-3
+    assert t["spec"].shape[1] == item["frames"] == t["wav"].numel() // 640
+    assert abs(t["ssl"].shape[1] - t["spec"].shape[1]) <= 1  # HuBERT 50 Hz vs spectrogram frames
+    assert t["semantic"].numel() == t["ssl"].shape[1] // 2 == item["n_tokens"]
+    assert int(t["semantic"].max()) < cfg.codebook_size
+    assert t["phones"].numel() == item["n_phones"] and "bert" not in t  # English: no BERT features
+    # the semantic tokens are the base quantizer's codes of the stored HuBERT features
+    codes = tiny_base.load_sovits().extract_latent(t["ssl"].unsqueeze(0))[0, 0]
+    assert torch.equal(codes, t["semantic"])
+    # upstream's text files
+    sem = (tiny_exp / "6-name2semantic.tsv").read_text().splitlines()
+    assert sem[0] == "item_name\tsemantic_audio" and len(sem) == len(index["items"]) + 1
+    assert len((tiny_exp / "2-name2text.txt").read_text().splitlines()) == len(index["items"])
+
+
+def test_quality_report_per_file_and_total(tiny_exp):
+    q = json.loads((tiny_exp / "quality.json").read_text())
+    files = {f["name"]: f for f in q["files"]}
+    clean, bad = files["utt_00.wav"], files["noisy_clipped.wav"]
+    for key in ("clipped", "snr_db", "silence", "dc_offset", "sample_rate", "noise_floor_dbfs", "seconds"):
+        assert key in clean
+    assert clean["sample_rate"] == 22050 and not clean["warnings"]
+    assert bad["sample_rate"] == 48000 and bad["clipped"] > 0.01
+    assert any("clipped" in w for w in bad["warnings"]) and any("noisy" in w for w in bad["warnings"])
+    s = q["summary"]
+    assert s["files"] >= N_UTTERANCES + 1 and 0.3 < s["usable_minutes"] < 2.0 and s["clipped_files"] == 1
+    assert any("usable minutes" in w for w in s["warnings"])  # under a minute of speech
+
+
+def test_rerun_skips_finished_items(tiny_exp, bad_lines, tiny_base, tmp_path):
+    from trainer.prepare import prepare
+
+    exp = tmp_path / "exp"
+    shutil.copytree(tiny_exp, exp)
+    before = {p.name: p.stat().st_mtime_ns for p in (exp / "data").iterdir()}
+    s = prepare(bad_lines[0], exp, tiny_base.path, progress=False)
+    assert s.reused == len(s.items) == N_UTTERANCES + 1
+    assert {p.name: p.stat().st_mtime_ns for p in (exp / "data").iterdir()} == before
+    # an item whose text changed is recomputed
+    lst = tmp_path / "changed.list"
+    lines = bad_lines[0].read_text().splitlines()
+    lines[0] = lines[0].rsplit("|", 1)[0] + "|A different sentence now."
+    lst.write_text("\n".join(lines) + "\n")
+    s = prepare(lst, exp, tiny_base.path, progress=False)
+    assert s.reused == len(s.items) - 1
+
+
+def test_parallel_workers_match_serial(syn_data, tiny_base, tiny_exp, tmp_path):
+    from safetensors.torch import load_file
+
+    from trainer.prepare import prepare
+
+    lst = tmp_path / "three.list"
+    lst.write_text("\n".join(syn_data.read_text().splitlines()[:3]) + "\n")
+    s = prepare(lst, tmp_path / "par", tiny_base.path, workers=2, progress=False)
+    assert len(s.items) == 3 and s.reused == 0
+    for it in s.items:
+        a, b = load_file(str(tmp_path / "par" / it["file"])), load_file(str(tiny_exp / it["file"]))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k])
+
+
+def test_cli_prepare_errors_are_one_line(tmp_path, tiny_base, capsys):
+    from trainer.cli import main
+
+    rc = main(["prepare", "--list", str(tmp_path / "nope.list"), "--out", str(tmp_path / "e"),
+               "--base", str(tiny_base.path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("gsv-train: error:") and "nope.list" in err[0]
+    rc = main(["sovits", "--exp", str(tmp_path / "not-prepared"), "--epochs", "1"])
+    assert rc == 2 and "prepare" in capsys.readouterr().err
+
+
+def test_synthetic_needs_espeak(monkeypatch, tmp_path):
+    import shutil as sh
+
+    from trainer.synthetic import SyntheticDataError, make_dataset
+
+    monkeypatch.setattr(sh, "which", lambda name: None)
+    with pytest.raises(SyntheticDataError, match="espeak-ng is not installed"):
+        make_dataset(tmp_path, 2)

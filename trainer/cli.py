@@ -1,0 +1,216 @@
+"""``gsv-train``: prepare data, fine-tune SoVITS and GPT, write bundles.
+
+    gsv-train synthetic --out DATA                   # espeak-ng speech + DATA/data.list (tests, demo)
+    gsv-train init --out BASE --arch tiny            # random-weights base bundle (training from scratch)
+    gsv-train prepare --list DATA/data.list --out EXP --base BASE [--workers 2]
+    gsv-train sovits --exp EXP --epochs 8            # resumes automatically; --restart starts over
+    gsv-train gpt --exp EXP --epochs 15
+    gsv-train bundle --exp EXP --out VOICE_BUNDLE
+
+Under ``torchrun --nproc_per_node N -m trainer sovits ...`` the stages run data-parallel.  Every
+user error prints one line ``gsv-train: error: ...`` and exits with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from gsv.errors import GsvError
+
+log = logging.getLogger("trainer")
+
+
+def _common_train_args(p: argparse.ArgumentParser, epochs_default: int) -> None:
+    p.add_argument("--exp", required=True, help="prepared experiment folder")
+    p.add_argument("--epochs", type=int, default=epochs_default, help="epochs in total (also across resumes)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total")
+    p.add_argument("--base", help="base bundle (default: the one the experiment was prepared with)")
+    p.add_argument("--batch-size", type=int, help="items per batch (per process)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of items held out for validation (0: none)")
+    p.add_argument("--patience", type=int, default=5, help="validations without improvement before stopping (0: never)")
+    p.add_argument("--save-every-steps", type=int, default=0, help="also save the resumable state every N steps")
+    p.add_argument("--save-every-epoch", type=int, default=0, help="also write upstream-named weights every N epochs")
+    p.add_argument("--log-every", type=int, default=10, help="steps between logged training scalars")
+    p.add_argument("--restart", action="store_true", help="ignore a saved training state and start over")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-fp16", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--no-synth", action="store_true", help="no validation synthesis / speaker similarity")
+    p.add_argument("--synth-text", default="This is a short test of the new voice.")
+    p.add_argument("--synth-lang", default="en")
+    p.add_argument("--synth-max-tokens", type=int, default=250)
+    p.add_argument("--speaker-model", help="local speechbrain ECAPA folder (default: a random one)")
+    p.add_argument("--name", default="", help="prefix of the upstream-named weight files (default: EXP's name)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def _common_cfg(args) -> dict:
+    kw = dict(epochs=args.epochs, max_steps=args.max_steps, seed=args.seed, val_fraction=args.val_fraction,
+              patience=args.patience, save_every_steps=args.save_every_steps, save_every_epoch=args.save_every_epoch,
+              log_every=args.log_every, resume=not args.restart, device=args.device, fp16=not args.no_fp16,
+              num_workers=args.num_workers, synth=not args.no_synth, synth_text=args.synth_text,
+              synth_lang=args.synth_lang, synth_max_tokens=args.synth_max_tokens, speaker_model=args.speaker_model,
+              name=args.name)
+    if args.batch_size:
+        kw["batch_size"] = args.batch_size
+    return kw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="gsv-train", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synthetic", help="speak a small English dataset with espeak-ng", formatter_class=fmt)
+    p.add_argument("--out", required=True)
+    p.add_argument("--count", type=int, default=16)
+    p.add_argument("--voice", default="en-us")
+    p.set_defaults(func=cmd_synthetic)
+
+    p = sub.add_parser("init", help="write a random-weights base bundle", formatter_class=fmt)
+    p.add_argument("--out", required=True)
+    p.add_argument("--arch", default="tiny", choices=("tiny", "v2"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hubert", help="use this HuBERT folder instead of a random one")
+    p.add_argument("--bert", help="use this BERT folder instead of a random one")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("prepare", help="turn a .list file into training features", formatter_class=fmt)
+    p.add_argument("--list", required=True, help="upstream .list file: wav|speaker|lang|text")
+    p.add_argument("--out", required=True, help="experiment folder (created; reruns skip finished items)")
+    p.add_argument("--base", required=True, help="base bundle (its quantizer makes the semantic tokens)")
+    p.add_argument("--hubert", help="HuBERT folder (default: the bundle's)")
+    p.add_argument("--bert", help="BERT folder for Chinese text (default: the bundle's)")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--wav-dir", help="look up every wav by its file name in this folder (upstream inp_wav_dir)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("sovits", help="fine-tune SoVITS", formatter_class=fmt)
+    _common_train_args(p, 8)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--text-low-lr-rate", type=float, default=0.4)
+    p.add_argument("--base-d", help="upstream discriminator (s2D*.pth) to start from")
+    p.add_argument("--disc-divisor", type=int, help="divide the discriminator's channels (default: base hint or 1)")
+    p.add_argument("--segment-frames", type=int, help="random slice length in 50 Hz frames (default 32)")
+    p.set_defaults(func=cmd_sovits)
+
+    p = sub.add_parser("gpt", help="fine-tune the GPT", formatter_class=fmt)
+    _common_train_args(p, 15)
+    p.add_argument("--lr", type=float, default=0.002, help="rate of every update after the first")
+    p.add_argument("--first-step-lr", type=float, default=0.01, help="rate of the first update (upstream quirk)")
+    p.add_argument("--grad-accum", type=int, default=4, help="micro-batches per optimizer update")
+    p.add_argument("--dpo", action="store_true", help="add upstream's DPO loss (halves the batch size)")
+    p.set_defaults(func=cmd_gpt)
+
+    p = sub.add_parser("bundle", help="write a bundle of the trained weights", formatter_class=fmt)
+    p.add_argument("--exp", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--which", default="best", choices=("best", "last"))
+    p.add_argument("--base", help="base bundle (default: the experiment's)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_bundle)
+    return parser
+
+
+def cmd_synthetic(args) -> int:
+    from trainer.synthetic import make_dataset
+
+    path = make_dataset(args.out, args.count, args.voice)
+    print(f"wrote {args.count} utterances and {path}")
+    return 0
+
+
+def cmd_init(args) -> int:
+    from trainer.init_base import init_bundle
+
+    b = init_bundle(args.out, args.arch, args.seed, args.hubert, args.bert, args.force)
+    print(f"wrote random {args.arch} base bundle {b.path} (id {b.bundle_id})")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from trainer.prepare import format_skipped, prepare
+
+    s = prepare(args.list, args.out, args.base, args.hubert, args.bert, args.workers, args.device, args.wav_dir)
+    print(s.quality_text)
+    print(format_skipped(s.skipped))
+    print(f"prepared {len(s.items)} items ({s.reused} already done) into {args.out}")
+    if not s.items:
+        raise GsvError("no usable items: every line was skipped")
+    return 0
+
+
+def _threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def cmd_sovits(args) -> int:
+    from trainer.config import DiscriminatorConfig, SoVITSTrainConfig
+    from trainer.run import train
+
+    _threads(args)
+    kw = _common_cfg(args)
+    cfg = SoVITSTrainConfig(**kw, learning_rate=args.lr, text_low_lr_rate=args.text_low_lr_rate,
+                            base_discriminator=args.base_d, segment_frames=args.segment_frames,
+                            discriminator=DiscriminatorConfig(channel_divisor=args.disc_divisor or 1))
+    r = train("sovits", args.exp, cfg, args.base)
+    _report(r)
+    return 0
+
+
+def cmd_gpt(args) -> int:
+    from trainer.config import GPTTrainConfig
+    from trainer.run import train
+
+    _threads(args)
+    kw = _common_cfg(args)
+    cfg = GPTTrainConfig(**kw, lr=args.lr, first_step_lr=args.first_step_lr, grad_accum=args.grad_accum, dpo=args.dpo)
+    if cfg.dpo:
+        cfg.batch_size = max(1, cfg.batch_size // 2)  # upstream halves the batch with DPO
+    r = train("gpt", args.exp, cfg, args.base)
+    _report(r)
+    return 0
+
+
+def _report(r) -> None:
+    p = r.progress
+    best = "n/a" if p.best == float("inf") else f"{p.best:.4g} (epoch {p.best_epoch})"
+    print(f"done: {p.global_step} steps, next epoch {p.epoch}, best validation {best}"
+          + (", stopped early" if r.stopped_early else ""))
+
+
+def cmd_bundle(args) -> int:
+    from trainer.run import make_bundle
+
+    b = make_bundle(args.exp, args.out, args.which, args.base, args.force)
+    print(f"wrote bundle {b.path} (id {b.bundle_id})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "speechbrain", "matplotlib", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except GsvError as e:
+        print(f"gsv-train: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("gsv-train: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,271 @@
+"""``gsv-train sovits``: SoVITS fine-tuning as upstream ``s2_train.py`` does it.
+
+One step (upstream order): the generator encodes the whole utterance (reference encoder on the
+same utterance's spectrogram -> ge; frozen ``ssl_proj`` + quantizer -> codes -> codebook vectors
+x2 -> text encoder prior; posterior encoder on the spectrogram -> z -> flow -> z_p), decodes a
+random 32-frame slice of z to audio; the discriminator is updated on (real slice, detached fake)
+with LSGAN; then the generator on LSGAN + feature matching + 45 x mel-L1 + KL.  AdamW for both,
+the text embedding/text encoder/MRTE at 0.4 x lr, ExponentialLR per epoch, fp16 autocast with a
+GradScaler on CUDA.  Weight norm is applied to upstream's weight-normed modules for training and
+folded when saving.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gsv import constants as C
+from gsv.audio import spec_to_mel, spectrogram
+from gsv.models.sovits.flow import sequence_mask
+from trainer import losses
+from trainer.loop import Progress, Stage
+
+log = logging.getLogger(__name__)
+
+
+def slice_segments(x: torch.Tensor, starts: torch.Tensor, size: int) -> torch.Tensor:
+    """x [B, C, T], starts [B] -> x[b, :, starts[b] : starts[b] + size] as [B, C, size]."""
+    out = torch.zeros_like(x[:, :, :size])
+    for i in range(x.shape[0]):
+        s = int(starts[i])
+        out[i] = x[i, :, s : s + size]
+    return out
+
+
+def rand_slice_segments(x: torch.Tensor, lengths: torch.Tensor, size: int):
+    """Uniform random start per row in [0, length - size] (upstream: CPU ``torch.rand``)."""
+    ids = (torch.rand([x.shape[0]]).to(x.device) * (lengths - size + 1)).to(torch.long)
+    return slice_segments(x, ids, size), ids
+
+
+class SoVITSForTraining(nn.Module):
+    """Upstream ``SynthesizerTrn.forward`` around our inference :class:`~gsv.models.sovits.model.SoVITS`."""
+
+    def __init__(self, net, segment_frames: int):
+        super().__init__()
+        self.net = net
+        self.segment_frames = segment_frames
+
+    def forward(self, ssl, spec, spec_lengths, phones, phone_lengths):
+        """ssl [B, 768, L], spec [B, 1025, L] (L even), lengths [B] -> y_hat [B, 1, seg * hop], slice
+        starts [B], mask [B, 1, L] and the KL terms (z_p, m_p, logs_p, logs_q), each [B, C, L]."""
+        net = self.net
+        y_mask = sequence_mask(spec_lengths, spec.shape[2]).unsqueeze(1).to(spec.dtype)
+        ge = net.ref_enc(spec[:, : net.cfg.ref_enc_bins] * y_mask, y_mask)
+        with torch.no_grad(), torch.autocast(spec.device.type, enabled=False):
+            # frozen (eval, no gradient): upstream's quantizer in eval returns plain codebook vectors
+            codes = net.quantizer.encode(net.ssl_proj(ssl.float()))  # [1, B, L/2]
+            quantized = net.quantizer.decode(codes)
+        if net.frames_per_code != 1:
+            quantized = F.interpolate(quantized, size=quantized.shape[-1] * net.frames_per_code, mode="nearest")
+        _, m_p, logs_p, y_mask = net.enc_p(quantized, spec_lengths, phones, phone_lengths, ge)
+        z, m_q, logs_q, y_mask = net.enc_q(spec, spec_lengths, g=ge)
+        z_p = net.flow(z, y_mask, g=ge)
+        z_slice, ids = rand_slice_segments(z, spec_lengths, self.segment_frames)
+        y_hat = net.dec(z_slice, g=ge)
+        return y_hat, ids, y_mask, (z_p, m_p, logs_p, logs_q)
+
+
+class SoVITSStage(Stage):
+    name = "sovits"
+    metric = "val/loss"
+
+    def __init__(self, cfg, exp, base, train_items: list, dist, device: torch.device, hints: dict | None = None):
+        from gsv.checkpoint.upstream import weight_norm_module_names
+        from gsv.models.weightnorm import apply_weight_norm
+        from trainer.data import SoVITSDataset, collate_sovits, replicate
+        from trainer.discriminator import build_discriminator, load_upstream_discriminator
+
+        hints = hints or {}
+        self.cfg, self.exp, self.base, self.dist, self.device = cfg, exp, base, dist, device
+        self.arch = base.sovits_config
+        self.segment_frames = int(cfg.segment_frames or hints.get("segment_frames") or
+                                  self.arch.segment_size // self.arch.hop_length)
+        net = base.load_sovits(with_posterior=True)  # fresh enc_q when the base has none (as upstream)
+        apply_weight_norm(net, weight_norm_module_names(net.state_dict().keys()))
+        for m in (net.ssl_proj, net.quantizer):
+            m.requires_grad_(False)
+        self.g = SoVITSForTraining(net, self.segment_frames).to(device).train()
+        net.ssl_proj.eval()
+        net.quantizer.eval()
+        dcfg = cfg.discriminator
+        if dcfg.channel_divisor == 1 and hints.get("disc_channel_divisor"):
+            from trainer.config import DiscriminatorConfig
+
+            dcfg = DiscriminatorConfig(dcfg.periods, int(hints["disc_channel_divisor"]))
+        self.d_cfg = dcfg
+        self.d = (load_upstream_discriminator(cfg.base_discriminator, dcfg) if cfg.base_discriminator
+                  else build_discriminator(dcfg)).to(device).train()
+        low = {id(p) for mod in (net.enc_p.text_embedding, net.enc_p.encoder_text, net.enc_p.mrte) for p in mod.parameters()}
+        base_params = [p for p in net.parameters() if p.requires_grad and id(p) not in low]
+        low_lr = cfg.learning_rate * cfg.text_low_lr_rate
+        groups = [{"params": base_params, "lr": cfg.learning_rate}] + [
+            {"params": list(mod.parameters()), "lr": low_lr}
+            for mod in (net.enc_p.text_embedding, net.enc_p.encoder_text, net.enc_p.mrte)]
+        kw = dict(betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+        self.opt_g = torch.optim.AdamW(groups, cfg.learning_rate, **kw)
+        self.opt_d = torch.optim.AdamW(self.d.parameters(), cfg.learning_rate, **kw)
+        self.group_lr = [g["lr"] for g in self.opt_g.param_groups]
+        self.amp = bool(cfg.fp16) and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
+        self.g_ddp, self.d_ddp = self.g, self.d
+        if dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if device.type == "cuda" else None
+            self.g_ddp = DDP(self.g, device_ids=ids)
+            self.d_ddp = DDP(self.d, device_ids=ids)
+        self.dataset = SoVITSDataset(exp, replicate(train_items, cfg.min_epoch_items), self.segment_frames)
+        self.collate = collate_sovits
+        self._synth = None
+
+    # ------------------------------------------------------------------ loop interface
+    def modules(self):
+        return {"g": self.g.net, "d": self.d}
+
+    def optimizers(self):
+        return {"g": self.opt_g, "d": self.opt_d}
+
+    def extra_state(self):
+        return {"scaler": self.scaler.state_dict(), "discriminator": self.d_cfg.to_dict(),
+                "segment_frames": self.segment_frames, "base_id": self.base.bundle_id}
+
+    def load_extra_state(self, state):
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    def make_val_dataset(self, items):
+        from trainer.data import SoVITSDataset
+
+        return SoVITSDataset(self.exp, items, self.segment_frames)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        from trainer.optim import sovits_lr
+
+        for group, base_lr in zip(self.opt_g.param_groups, self.group_lr):
+            group["lr"] = sovits_lr(base_lr, self.cfg.lr_decay, epoch)
+        for group in self.opt_d.param_groups:
+            group["lr"] = sovits_lr(self.cfg.learning_rate, self.cfg.lr_decay, epoch)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
+
+    def _forward(self, batch, g):
+        ssl, spec, spec_lengths, wav, _, phones, phone_lengths = (t.to(self.device) for t in batch)
+        hop = self.arch.hop_length
+        with self._autocast():
+            y_hat, ids, z_mask, (z_p, m_p, logs_p, logs_q) = g(ssl, spec, spec_lengths, phones, phone_lengths)
+        a = self.arch
+        # log-mels in fp32 outside autocast (upstream computes them inside; stft has no fp16 path on CPU)
+        y_mel = slice_segments(spec_to_mel(spec, a.sampling_rate, a.n_mel_channels), ids, self.segment_frames)
+        y_hat_spec = spectrogram(y_hat.squeeze(1).float(), a.filter_length, a.hop_length, a.win_length)
+        y_hat_mel = spec_to_mel(y_hat_spec, a.sampling_rate, a.n_mel_channels)
+        y = slice_segments(wav, ids * hop, self.segment_frames * hop)
+        return y, y_hat, y_mel, y_hat_mel, (z_p, logs_q, m_p, logs_p, z_mask)
+
+    def train_step(self, micro_batches, step: int) -> dict[str, float]:
+        (batch,) = micro_batches
+        y, y_hat, y_mel, y_hat_mel, kl_terms = self._forward(batch, self.g_ddp)
+        with self._autocast():
+            d_real, d_fake, _, _ = self.d_ddp(y, y_hat.detach())
+        loss_disc = losses.discriminator_loss(d_real, d_fake)
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_disc).backward()
+        self.scaler.unscale_(self.opt_d)
+        self.scaler.step(self.opt_d)
+        with self._autocast():
+            _, d_fake, fmap_real, fmap_fake = self.d_ddp(y, y_hat)
+        loss_mel = F.l1_loss(y_mel, y_hat_mel) * self.cfg.c_mel
+        loss_kl = losses.kl_loss(*kl_terms) * self.cfg.c_kl
+        loss_fm = losses.feature_loss(fmap_real, fmap_fake)
+        loss_gen = losses.generator_loss(d_fake)
+        loss_g = loss_gen + loss_fm + loss_mel + loss_kl  # + kl_ssl, which is 0 with a frozen quantizer
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_g).backward()
+        self.scaler.unscale_(self.opt_g)
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        out = {"loss/g/total": loss_g, "loss/d/total": loss_disc, "loss/g/mel": loss_mel, "loss/g/kl": loss_kl,
+               "loss/g/fm": loss_fm, "loss/g/gen": loss_gen}
+        return {k: v.detach().item() for k, v in out.items()} | {"learning_rate": self.opt_g.param_groups[0]["lr"]}
+
+    @torch.no_grad()
+    def validate(self, batches) -> dict[str, float]:
+        """Reconstruction losses on held-out items (eval mode, fixed random slices)."""
+        self.g.eval()
+        mel = kl = 0.0
+        for batch in batches:
+            _, _, y_mel, y_hat_mel, kl_terms = self._forward(batch, self.g)
+            mel += float(F.l1_loss(y_mel, y_hat_mel))
+            kl += float(losses.kl_loss(*kl_terms))
+        self.g.train()
+        self.g.net.ssl_proj.eval()
+        self.g.net.quantizer.eval()
+        n = max(1, len(batches))
+        return {"val/mel": mel / n, "val/kl": kl / n, "val/loss": self.cfg.c_mel * mel / n + self.cfg.c_kl * kl / n}
+
+    # ------------------------------------------------------------------ weights
+    def folded(self) -> dict[str, torch.Tensor]:
+        from gsv.models.weightnorm import folded_state_dict
+
+        return folded_state_dict(self.g.net)
+
+    def inference_model(self):
+        from gsv.models.sovits.model import SoVITS
+
+        m = SoVITS(self.arch)
+        m.load_state_dict({k: v for k, v in self.folded().items() if not k.startswith("enc_q.")})
+        return m.eval()
+
+    def save_weights(self, kind: str, progress: Progress) -> None:
+        from trainer.checkpointing import save_weights, write_sovits_release
+
+        sd = self.folded()
+        epoch = max(1, progress.epoch - 1) if progress.step_in_epoch == 0 else progress.epoch
+        name = self.cfg.name or self.exp.name
+        meta = {"epoch": str(epoch), "step": str(progress.global_step), "kind": kind}
+        if kind in ("best", "last"):
+            save_weights(self.exp.stage_dir(self.name) / f"{kind}.safetensors", sd, meta)
+            target = self.exp.weights_dir / f"sovits-{kind}.pth"
+        else:
+            target = self.exp.weights_dir / f"{name}_e{epoch}_s{progress.global_step}.pth"
+        write_sovits_release(target, self.arch, sd, epoch, progress.global_step, self.cfg, name)
+
+    def synthesize(self, progress: Progress, writer) -> dict[str, float]:
+        from trainer.validate import log_sample
+
+        if self._synth is None:
+            return {}
+        gpt = load_stage_gpt(self.exp, self.base)
+        audio, sim = self._synth.run(gpt, self.inference_model())
+        log_sample(writer, self.exp.logs_dir(self.name) / "samples", "sovits", audio, progress.global_step)
+        return {"val/speaker_similarity": sim, "val/synth_seconds": audio.size / C.SAMPLE_RATE}
+
+    def attach_synth(self, synth) -> None:
+        self._synth = synth
+
+
+def load_stage_gpt(exp, base):
+    """The GPT for synthesis during SoVITS training: the experiment's best GPT if trained, else the base."""
+    from trainer.checkpointing import load_weights
+
+    gpt = base.load_gpt()
+    best = exp.stage_dir("gpt") / "best.safetensors"
+    if Path(best).is_file():
+        gpt.load_state_dict(load_weights(best))
+    return gpt.eval()
+
+
+def load_stage_sovits(exp, base):
+    """The SoVITS for synthesis during GPT training: the experiment's best SoVITS if trained, else the base."""
+    from trainer.checkpointing import load_weights
+
+    sovits = base.load_sovits()
+    best = exp.stage_dir("sovits") / "best.safetensors"
+    if Path(best).is_file():
+        sovits.load_state_dict({k: v for k, v in load_weights(best).items() if not k.startswith("enc_q.")})
+    return sovits.eval()
