@@ -5,6 +5,7 @@ directory); nothing here knows about bundles or manifests.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -61,11 +62,12 @@ def quantize_int8(src: Path, dst: Path) -> None:
     """ORT dynamic quantisation of the MatMul/Gemm weights (per channel, signed int8 weights)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(src), str(dst), op_types_to_quantize=list(INT8_OPS), per_channel=True, weight_type=QuantType.QInt8,
-        # only weights are quantised: MatMuls of two activations (attention scores) stay FP32
-        extra_options={"MatMulConstBOnly": True},
-    )
+    with _quiet_root_logger():  # the quantiser logs one root-logger line per tensor it skips
+        quantize_dynamic(
+            str(src), str(dst), op_types_to_quantize=list(INT8_OPS), per_channel=True, weight_type=QuantType.QInt8,
+            # only weights are quantised: MatMuls of two activations (attention scores) stay FP32
+            extra_options={"MatMulConstBOnly": True},
+        )
 
 
 def convert_fp16(src: Path, dst: Path) -> None:
@@ -74,8 +76,22 @@ def convert_fp16(src: Path, dst: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")  # "values truncated to fp16 range" for -1e4/-inf mask constants is expected
         out = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP16_KEEP_FP32_OPS),
                                        disable_shape_infer=False)
     onnx.save(out, str(dst))
+
+
+@contextlib.contextmanager
+def _quiet_root_logger(level: int = logging.ERROR):
+    """ORT's quantisation/float16 tools log per-tensor notes on the root logger; mute them while they run."""
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.transformers.float16")]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(level)
+    try:
+        yield
+    finally:
+        for lg, lvl in zip(loggers, saved):
+            lg.setLevel(lvl)

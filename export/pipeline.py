@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -259,13 +260,18 @@ def _merge_verify(old: Path, new: Path, report: dict) -> None:
             merged["tolerances"] = {**prev.get("tolerances", {}), **report["tolerances"]}
         except (OSError, ValueError):
             log.warning("%s is unreadable; replacing it", old)
-    new.write_text(json.dumps(merged, indent=2, default=_json_default) + "\n", "utf-8")
+    new.write_text(json.dumps(json_safe(merged), indent=2) + "\n", "utf-8")
 
 
-def _json_default(x):
-    if isinstance(x, float):
+def json_safe(x):
+    """Strict JSON: non-finite floats (an exact match's SNR is inf) become strings."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
         return str(x)
-    raise TypeError(type(x))
+    return x
 
 
 def _swap_dir(live: Path, staged: Path) -> None:

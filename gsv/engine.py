@@ -243,20 +243,19 @@ class Engine:
             self.observer.on_finished(s)
 
     def cancel(self, s: Session) -> None:
-        """Cancel from any thread: the row is freed at the next AR iteration, queued jobs are dropped now."""
+        """Cancel from any thread: a row is freed at the next AR iteration; a request without a row
+        (queued, or waiting for more input) ends now; queued decode jobs are dropped now."""
         s.cancel()
         with self.cv:
+            without_row = s in self.waiting or s.parked
             if s in self.waiting:
                 self.waiting.remove(s)
+            if without_row:
                 self.queues.pop(s, None)
-                waiting_cancel = True
-            else:
-                waiting_cancel = False
-                q = self.queues.get(s)
-                if q is not None:
-                    q.clear()
+            elif s in self.queues:
+                self.queues[s].clear()
             self.cv.notify_all()
-        if waiting_cancel and not s.done.is_set():
+        if without_row and not s.done.is_set():
             s.finish("cancelled")
             self.observer.on_finished(s)
 

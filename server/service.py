@@ -371,10 +371,15 @@ class TtsService(pb_grpc.TextToSpeechServicer):
             body = self._stream_body("BidiSynthesize", r, factory, context, t0, frontend_s)
             yield await body.__anext__()  # StreamStart; the session now exists
             reader = asyncio.ensure_future(self._bidi_reader(it, r, holder["session"], frontend_s, errors))
-            async for msg in body:
-                if errors:
-                    raise errors[0]
-                yield msg
+            try:
+                async for msg in body:
+                    if errors:
+                        raise errors[0]
+                    yield msg
+            except Abort:
+                if errors:  # the input side failed first (and cancelled the request): report that
+                    raise errors[0] from None
+                raise
             if errors:
                 raise errors[0]
         except Abort as e:

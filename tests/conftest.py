@@ -136,3 +136,72 @@ def full_bundle(tmp_path_factory, fake_ckpts):
     g, s = load_gpt(fake_ckpts.get("s1_v2.json")), load_sovits(fake_ckpts.get("s2_v2.json"))
     return write_bundle(tmp_path_factory.mktemp("bundles") / "full", g.config, g.state_dict, s.config, s.state_dict,
                         sources={"kind": "fakeckpt"})
+
+
+# ------------------------------------------------------------------------------ tiny HuBERT / BERT
+TINY_BERT_CHARS = "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可她里后小么心多天而能好都然没日于起还发成事只作当想看文无开手十用主行方又如前所本见经头面公同三已老从动两长知民样现分将外但身些与高意进把法此实回二理美点月明其种声全工己话儿者向情部正名定女问力机给等几很业最间新什打便位因重被走电四第门相次东政海口使教西再平真听世气信北少关并内加化由却代军产入先山五太水万市眼体别处总才场师书比住员九笑性通目华报立马命张活难神数件安表原车白应路期叫死常提感金何更反合放做系计或司利受光王果亲界及今京务制解各任至清物台象记边共风战干接它许八特觉望直服毛林题建南度统色字请交爱让认算论百吗城音思非热结每往且先讲语"
+TINY_BERT_PUNCT = ",.!?-…"
+
+
+def make_tiny_bert(path, hidden: int = 32, seed: int = 0):
+    """A random BERT (chinese-roberta layout) with a per-character vocabulary, saved to ``path``."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(TINY_BERT_CHARS + TINY_BERT_PUNCT))
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", "utf-8")
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=3, num_attention_heads=2,
+                     intermediate_size=2 * hidden, max_position_embeddings=512)
+    BertForMaskedLM(cfg).eval().save_pretrained(path)
+    BertTokenizer(str(path / "vocab.txt"), do_lower_case=False).save_pretrained(path)
+    return path
+
+
+def make_tiny_hubert(path, hidden: int = 32, seed: int = 0):
+    """A random HuBERT (chinese-hubert-base layout: 7 conv layers, 320x downsampling) saved to ``path``."""
+    from transformers import HubertConfig, HubertModel
+
+    torch.manual_seed(seed)
+    cfg = HubertConfig(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2, intermediate_size=2 * hidden,
+                       conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                       feat_extract_norm="group", do_stable_layer_norm=False)
+    HubertModel(cfg).eval().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_models")
+    return make_tiny_hubert(root / "hubert"), make_tiny_bert(root / "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_full_bundle(tmp_path_factory, tiny_models_dir):
+    """Tiny bundle with tiny HuBERT and BERT folders (prompted voices, Chinese BERT features)."""
+    hubert, bert = tiny_models_dir
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny_full", hubert_dir=hubert, bert_dir=bert)
+
+
+def speechlike(seconds: float = 4.0, sr: int = 16000, seed: int = 0):
+    """A deterministic voiced-speech-like signal (harmonics with a moving pitch and syllable envelope)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, 12))
+    env = 0.5 * (1 + np.sin(2 * np.pi * 3.5 * t)) ** 2
+    x = 0.25 * x * env / np.abs(x).max() + 0.003 * rng.standard_normal(t.size)
+    return x.astype(np.float32), sr
+
+
+def wav_bytes(x, sr) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()

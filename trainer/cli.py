@@ -181,6 +181,10 @@ def cmd_gpt(args) -> int:
 
 
 def _report(r) -> None:
+    from trainer.ddp import is_main_process
+
+    if not is_main_process():
+        return
     p = r.progress
     best = "n/a" if p.best == float("inf") else f"{p.best:.4g} (epoch {p.best_epoch})"
     print(f"done: {p.global_step} steps, next epoch {p.epoch}, best validation {best}"

@@ -89,5 +89,10 @@ def pick_device(spec: str, local_rank: int = 0) -> torch.device:
     return torch.device(spec)
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain process (for printing before/after the process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def local_rank_hint() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))

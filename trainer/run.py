@@ -52,6 +52,7 @@ def train(stage: str, exp_path: str | Path, cfg: SoVITSTrainConfig | GPTTrainCon
         exp = Experiment.open(exp_path)
         bundle = open_base(exp, base)
         train_items, val_items = exp.split(cfg.val_fraction)
+        torch.manual_seed(cfg.seed + dist.rank)  # fresh modules (discriminator, a missing enc_q) start alike every run
         if stage == "sovits":
             from trainer.sovits_stage import SoVITSStage
 

@@ -39,8 +39,9 @@ class SpeakerSimilarity:
 
         self.fbank = Fbank(n_mels=80)
         if model_dir is None:
-            torch.manual_seed(seed)
-            self.model = ECAPA_TDNN(**ECAPA_RANDOM)
+            with torch.random.fork_rng(devices=[]):  # a fixed random model without moving the caller's RNG
+                torch.manual_seed(seed)
+                self.model = ECAPA_TDNN(**ECAPA_RANDOM)
             self.source = "random"
         else:
             d = Path(model_dir)

@@ -18,7 +18,7 @@ from gsv.text.symbols import UNK, symbol_to_id
 
 # Language code -> module; v1 checkpoints only know zh/ja/en.
 LANGUAGE_MODULES = {
-    "v1": {"zh": "gsv.text.zh", "ja": "gsv.text.ja", "en": "gsv.text.en"},
+    "v1": {"zh": "gsv.text.zh.v1", "ja": "gsv.text.ja", "en": "gsv.text.en"},
     "v2": {"zh": "gsv.text.zh", "ja": "gsv.text.ja", "en": "gsv.text.en", "ko": "gsv.text.ko", "yue": "gsv.text.yue"},
 }
 # Upstream's "special" pause marks: in zh text, every comma-class pause becomes SP2 (with ￥) or SP3 (with ^).

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 N_UTTERANCES = 12
+N_EXTRA_GOOD = 2  # the noisy English recording and a Chinese line, besides the synthetic set
 
 
 def write_wav(path: Path, samples: np.ndarray, sr: int) -> Path:
@@ -49,7 +50,7 @@ def bad_lines(syn_data, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     garbage.write_bytes(b"this is not audio at all" * 10)
     short = write_wav(d / "short.wav", 0.3 * np.sin(np.arange(8000) / 10.0), 32000)  # 0.25 s
     copies = {}
-    for tag in ("lang", "empty"):
+    for tag in ("lang", "empty", "zh"):
         copies[tag] = d / f"{tag}.wav"
         shutil.copy(src, copies[tag])
     noisy = write_wav(d / "noisy_clipped.wav",
@@ -63,6 +64,7 @@ def bad_lines(syn_data, tmp_path_factory) -> tuple[Path, dict[str, str]]:
         f"{copies['lang']}|spk|xx|Some text in an unknown language.",
         "this line has no separators",
         f"{noisy}|spk|EN|A loud and noisy recording of a tone.",
+        f"{copies['zh']}|spk|ZH|你好，世界。",
     ]
     lst = d / "with_bad.list"
     lst.write_text("\n".join(lines) + "\n", "utf-8")
@@ -100,3 +102,14 @@ def tiny_cfg(stage: str, **kw):
         base.setdefault("grad_accum", 1)
         return GPTTrainConfig(**base)
     return SoVITSTrainConfig(**base)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared machine it costs a lot."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from tests.trainer.conftest import N_UTTERANCES
+from tests.trainer.conftest import N_EXTRA_GOOD, N_UTTERANCES
 
 
 def test_prepare_writes_features_and_reports_bad_lines(tiny_exp, bad_lines, tiny_base):
@@ -19,7 +19,9 @@ def test_prepare_writes_features_and_reports_bad_lines(tiny_exp, bad_lines, tiny
     reasons = {os.path.basename(s["wav"]) or s["wav"]: s["reason"] for s in index["skipped"]}
     for name, part in bad_lines[1].items():
         assert part in reasons[name], (name, reasons[name])
-    assert len(index["items"]) == N_UTTERANCES + 1
+    assert len(index["items"]) == N_UTTERANCES + N_EXTRA_GOOD
+    zh = next(it for it in index["items"] if it["name"] == "zh.wav")
+    assert zh["lang"] == "zh" and zh["has_bert"] and zh["word2ph"]
     assert index["base_id"] == tiny_base.bundle_id
 
     from safetensors import safe_open
@@ -38,6 +40,8 @@ def test_prepare_writes_features_and_reports_bad_lines(tiny_exp, bad_lines, tiny
     # the semantic tokens are the base quantizer's codes of the stored HuBERT features
     codes = tiny_base.load_sovits().extract_latent(t["ssl"].unsqueeze(0))[0, 0]
     assert torch.equal(codes, t["semantic"])
+    with safe_open(str(tiny_exp / zh["file"]), "pt") as f:  # BERT features only for zh, one per phone
+        assert tuple(f.get_tensor("bert").shape) == (tiny_base.gpt_config.bert_dim, zh["n_phones"])
     # upstream's text files
     sem = (tiny_exp / "6-name2semantic.tsv").read_text().splitlines()
     assert sem[0] == "item_name\tsemantic_audio" and len(sem) == len(index["items"]) + 1
@@ -54,7 +58,7 @@ def test_quality_report_per_file_and_total(tiny_exp):
     assert bad["sample_rate"] == 48000 and bad["clipped"] > 0.01
     assert any("clipped" in w for w in bad["warnings"]) and any("noisy" in w for w in bad["warnings"])
     s = q["summary"]
-    assert s["files"] >= N_UTTERANCES + 1 and 0.3 < s["usable_minutes"] < 2.0 and s["clipped_files"] == 1
+    assert s["files"] >= N_UTTERANCES + N_EXTRA_GOOD and 0.3 < s["usable_minutes"] < 2.0 and s["clipped_files"] == 1
     assert any("usable minutes" in w for w in s["warnings"])  # under a minute of speech
 
 
@@ -65,7 +69,7 @@ def test_rerun_skips_finished_items(tiny_exp, bad_lines, tiny_base, tmp_path):
     shutil.copytree(tiny_exp, exp)
     before = {p.name: p.stat().st_mtime_ns for p in (exp / "data").iterdir()}
     s = prepare(bad_lines[0], exp, tiny_base.path, progress=False)
-    assert s.reused == len(s.items) == N_UTTERANCES + 1
+    assert s.reused == len(s.items) == N_UTTERANCES + N_EXTRA_GOOD
     assert {p.name: p.stat().st_mtime_ns for p in (exp / "data").iterdir()} == before
     # an item whose text changed is recomputed
     lst = tmp_path / "changed.list"

@@ -1,0 +1,46 @@
+"""``gsv-bench SUBCOMMAND ...``: every benchmark is a module registered in :data:`SUBCOMMANDS`.
+
+A benchmark module defines ``add_arguments(parser)`` and ``run(args) -> int``; adding one is one
+line here (``"serve": "benchmarks.serve"``).  Modules are imported only when their subcommand runs,
+so ``gsv-bench --help`` stays fast and one benchmark's dependencies never burden another.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "components": ("benchmarks.components", "per-component speed of torch / ONNX Runtime backends on one bundle"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="gsv-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    chosen = next((a for a in argv if a in SUBCOMMANDS), None)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.set_defaults(module=module)
+        if name == chosen:  # only the chosen benchmark's module (and its dependencies) is imported
+            importlib.import_module(module).add_arguments(p)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from gsv.errors import GsvError
+
+    try:
+        return int(importlib.import_module(args.module).run(args) or 0)
+    except GsvError as e:
+        print(f"gsv-bench: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("gsv-bench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
