@@ -141,6 +141,7 @@ def run(stage: Stage, cfg, exp: Experiment, dist: DistEnv, val_items: list) -> R
             stage.save_weights("last", progress)
             if (not val_batches or math.isinf(progress.best)) and progress.global_step > 0:
                 stage.save_weights("best", progress)  # not validated (yet): best = last
+        dist.barrier()  # leave together: a rank tearing down gloo while another still writes can abort it
     finally:
         if writer is not None:
             writer.close()

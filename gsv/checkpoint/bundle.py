@@ -203,6 +203,9 @@ def write_bundle(
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a bundle is an ordinary folder
     except OSError as e:
         raise BundleError(f"cannot write under {parent}: {e.strerror}") from None
     try:
@@ -239,6 +242,8 @@ def write_bundle(
             else:
                 manifest[key] = {"path": str(src.resolve())}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        for f in (tmp / GPT_FILE, tmp / SOVITS_FILE, tmp / MANIFEST):
+            os.chmod(f, 0o666 & ~umask)
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
