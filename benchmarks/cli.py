@@ -14,6 +14,7 @@ import sys
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "components": ("benchmarks.components", "per-component speed of torch / ONNX Runtime backends on one bundle"),
+    "serve": ("benchmarks.serve", "latency/throughput of a gsv server: concurrency sweep, Poisson arrivals, compare"),
 }
 
 

@@ -359,6 +359,8 @@ def prepare(list_file: str | Path, out: str | Path, base: str | Path, hubert: st
             for res in pool.imap_unordered(_work, todo):
                 results.append(res)
                 bar.update(1)
+            pool.close()
+            pool.join()
     bar.close()
     summary = PrepareSummary(skipped=skipped)
     report = QualityReport()

@@ -1,0 +1,293 @@
+"""``gsv-bench serve``: latency and throughput of a running gsv server, measured like a game client.
+
+    gsv-bench serve --server HOST:PORT --voice V --concurrency 1,2,4,8 --requests N --out R.json [--plot R.png]
+    gsv-bench serve --compare "bundle=B1,backend=torch" "bundle=B1,backend=onnx" --ref-audio R.wav ... --out R.json
+
+Closed loop: at each concurrency level, that many clients each stream one request after another
+until ``--requests`` requests have completed.  Open loop (``--rates``): Poisson arrivals at the given
+requests per second.  Per level: time to first audio p50/p95/p99, inter-chunk gaps, underruns (a
+chunk arriving after the audio received before it had finished playing), real-time factor,
+aggregate audio seconds per wall second, error codes; with ``--metrics`` (or a launched server) also
+the server's mean GPT batch size and tokens per second over the level.  ``--compare`` runs two server
+configurations level by level, interleaved, in one run and reports ratios (B / A).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from clients.tts_client import AsyncTtsClient, StreamResult, TtsClient, TtsError
+
+TEXTS = {
+    "en": ["The quick brown fox jumps over the lazy dog.", "Welcome back, traveler. The gates open at dawn.",
+           "I have been waiting for you for a very long time.", "Take this sword, and may it serve you well.",
+           "The market is closed today, come back tomorrow morning."],
+    "zh": ["欢迎来到我们的村庄，旅行者。", "今天的天气非常好，我们去散步吧。", "这把剑是你的了，好好使用它。",
+           "市场今天不开门，明天早上再来吧。", "我已经等你很久了。"],
+}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--server", help="HOST:PORT of a running server")
+    p.add_argument("--voice", default="bench", help="voice id to synthesize with")
+    p.add_argument("--concurrency", default="1,2,4,8", help="closed-loop levels")
+    p.add_argument("--rates", default="", help="open-loop Poisson arrival rates (requests/s), e.g. 0.5,1")
+    p.add_argument("--requests", type=int, default=16, help="requests per level")
+    p.add_argument("--out", required=True, help="JSON results")
+    p.add_argument("--plot", help="PNG plot of the results")
+    p.add_argument("--max-audio-seconds", type=float, default=None)
+    p.add_argument("--lang", default="en")
+    p.add_argument("--text", action="append", help="text(s) to synthesize (default: built-in game lines)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--metrics", help="server Prometheus URL (http://host:port/metrics) for server-side figures")
+    p.add_argument("--token")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured requests before the first level")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="two server specs: HOST:PORT or key=value lists launched here "
+                        "(bundle=DIR,backend=torch|onnx|...,max-live=N,max-queue=N,threads=N)")
+    p.add_argument("--ref-audio", help="reference audio to register --voice on launched servers")
+    p.add_argument("--ref-text")
+    p.add_argument("--ref-lang")
+
+
+# ----------------------------------------------------------------------------------- measuring
+def percentile(xs, q):
+    return float(np.percentile(xs, q)) if len(xs) else None
+
+
+def scrape(url: str | None) -> dict[str, float]:
+    if not url:
+        return {}
+    try:
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in body.splitlines():
+        m = re.match(r"^(tts_ar_batch_size_(?:sum|count)|tts_semantic_tokens_total|tts_audio_seconds_total) ([0-9.e+-]+)$", line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def summarize(results: list, errors: dict, wall: float, before: dict, after: dict) -> dict:
+    ok = [r for r in results if isinstance(r, StreamResult)]
+    ttfa = [r.ttfa_ms for r in ok if r.ttfa_ms is not None]
+    gaps = []
+    for r in ok:
+        t = [c.arrival for c in r.chunks]
+        gaps += [1000 * (b - a) for a, b in zip(t, t[1:])]
+    audio = sum(r.audio_seconds for r in ok)
+    level = {
+        "requests": len(results), "ok": len(ok),
+        "ttfa_ms_p50": percentile(ttfa, 50), "ttfa_ms_p95": percentile(ttfa, 95), "ttfa_ms_p99": percentile(ttfa, 99),
+        "ttfa_ms_mean": float(np.mean(ttfa)) if ttfa else None,
+        "inter_chunk_ms_p50": percentile(gaps, 50), "inter_chunk_ms_p95": percentile(gaps, 95),
+        "inter_chunk_ms_max": max(gaps) if gaps else None,
+        "underruns": sum(r.underruns() for r in ok),
+        "requests_with_underrun": sum(1 for r in ok if r.underruns()),
+        "rtf_mean": float(np.mean([r.total_ms / 1000 / r.audio_seconds for r in ok if r.audio_seconds])) if ok else None,
+        "audio_seconds": audio, "wall_seconds": wall,
+        "audio_seconds_per_second": audio / wall if wall else 0.0,
+        "errors": errors,
+    }
+    if before and after:
+        count = after.get("tts_ar_batch_size_count", 0) - before.get("tts_ar_batch_size_count", 0)
+        level["server_mean_ar_batch"] = ((after.get("tts_ar_batch_size_sum", 0) - before.get("tts_ar_batch_size_sum", 0))
+                                         / count) if count else None
+        level["server_tokens_per_second"] = (after.get("tts_semantic_tokens_total", 0)
+                                             - before.get("tts_semantic_tokens_total", 0)) / wall
+    return level
+
+
+async def one_request(client: AsyncTtsClient, args, i: int):
+    texts = args.text or TEXTS.get(args.lang, TEXTS["en"])
+    try:
+        return await client.stream(texts[i % len(texts)], args.voice, seed=args.seed + i,
+                                   max_audio_seconds=args.max_audio_seconds)
+    except TtsError as e:
+        return e
+
+
+async def closed_loop(target, args, concurrency: int):
+    async with AsyncTtsClient(target, token=args.token) as client:
+        counter = iter(range(args.requests))
+        results = []
+
+        async def worker():
+            for i in counter:
+                results.append(await one_request(client, args, i))
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return results, time.monotonic() - t0
+
+
+async def open_loop(target, args, rate: float):
+    rng = random.Random(args.seed)
+    async with AsyncTtsClient(target, token=args.token) as client:
+        tasks = []
+        t0 = time.monotonic()
+        for i in range(args.requests):
+            tasks.append(asyncio.ensure_future(one_request(client, args, i)))
+            await asyncio.sleep(rng.expovariate(rate))
+        results = await asyncio.gather(*tasks)
+        return list(results), time.monotonic() - t0
+
+
+def run_level(target, args, kind: str, value, metrics_url):
+    before = scrape(metrics_url)
+    fn = closed_loop if kind == "concurrency" else open_loop
+    results, wall = asyncio.run(fn(target, args, value))
+    errors: dict[str, int] = {}
+    for r in results:
+        if isinstance(r, TtsError):
+            errors[r.code.name] = errors.get(r.code.name, 0) + 1
+    level = summarize(results, errors, wall, before, scrape(metrics_url))
+    level[kind] = value
+    return level
+
+
+# ----------------------------------------------------------------------------------- launching
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+class LaunchedServer:
+    """A gsv-serve subprocess for --compare specs like ``bundle=DIR,backend=onnx,max-live=8``."""
+
+    def __init__(self, spec: str, args):
+        opts = dict(kv.split("=", 1) for kv in spec.split(","))
+        if "bundle" not in opts:
+            raise SystemExit(f"gsv-bench: error: server spec {spec!r} needs bundle=DIR")
+        self.port, self.mport = _free_port(), _free_port()
+        self.voices = tempfile.mkdtemp(prefix="gsv-bench-voices-")
+        cmd = [sys.executable, "-m", "server", "--bundle", opts.pop("bundle"), "--voices", self.voices,
+               "--port", str(self.port), "--metrics-port", str(self.mport), "--host", "localhost"]
+        for k, v in opts.items():
+            cmd += [f"--{k}", v]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.target = f"localhost:{self.port}"
+        self.metrics = f"http://localhost:{self.mport}/metrics"
+        self.spec = spec
+        with TtsClient(self.target, token=args.token, timeout=600) as c:
+            c.wait_ready(600)
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+            stub = health_pb2_grpc.HealthStub(c.channel)
+            deadline = time.time() + 600
+            while stub.Check(health_pb2.HealthCheckRequest()).status != health_pb2.HealthCheckResponse.SERVING:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise SystemExit(f"gsv-bench: error: server {spec!r} did not become ready")
+                time.sleep(0.2)
+            if args.ref_audio:
+                c.register_voice(args.voice, Path(args.ref_audio).read_bytes(), args.ref_text, args.ref_lang,
+                                 consent="benchmark reference voice")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# ----------------------------------------------------------------------------------- main
+def machine() -> dict:
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine()}
+
+
+def sweep(target, args, metrics_url, label):
+    for _ in range(args.warmup):
+        asyncio.run(closed_loop(target, args, 1))
+    levels = []
+    for c in [int(x) for x in args.concurrency.split(",") if x]:
+        lv = run_level(target, args, "concurrency", c, metrics_url)
+        print(f"[{label}] concurrency {c}: ttfa p50 {lv['ttfa_ms_p50']} ms, {lv['audio_seconds_per_second']:.2f} "
+              f"audio s/s, underruns {lv['underruns']}, errors {lv['errors']}", file=sys.stderr)
+        levels.append(lv)
+    poisson = [run_level(target, args, "rate", float(r), metrics_url) for r in args.rates.split(",") if r]
+    return levels, poisson
+
+
+def run(args) -> int:
+    report = {"benchmark": "serve", "machine": machine(), "requests_per_level": args.requests,
+              "max_audio_seconds": args.max_audio_seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if args.compare:
+        servers = [LaunchedServer(s, args) if "=" in s else None for s in args.compare]
+        targets = [s.target if s else spec for s, spec in zip(servers, args.compare)]
+        metrics = [s.metrics if s else None for s in servers]
+        try:
+            runs = {}
+            for label, target, m in zip(("A", "B"), targets, metrics):
+                runs[label] = sweep(target, args, m, label)
+        finally:
+            for s in servers:
+                if s:
+                    s.stop()
+        report["A"] = {"server": args.compare[0], "levels": runs["A"][0], "poisson": runs["A"][1]}
+        report["B"] = {"server": args.compare[1], "levels": runs["B"][0], "poisson": runs["B"][1]}
+        ratios = []
+        for a, b in zip(runs["A"][0], runs["B"][0]):
+            r = {"concurrency": a["concurrency"]}
+            for k in ("ttfa_ms_p50", "ttfa_ms_p95", "audio_seconds_per_second", "rtf_mean"):
+                r[f"{k}_B_over_A"] = (b[k] / a[k]) if a.get(k) and b.get(k) is not None else None
+            ratios.append(r)
+        report["ratios"] = ratios
+        report["levels"] = runs["A"][0]
+    else:
+        if not args.server:
+            print("gsv-bench: error: give --server HOST:PORT or --compare A B", file=sys.stderr)
+            return 2
+        report["server"] = args.server
+        report["levels"], report["poisson"] = sweep(args.server, args, args.metrics, "server")
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    if args.plot:
+        plot(report, args.plot)
+    print(json.dumps({"out": args.out, "levels": [
+        {k: lv[k] for k in ("concurrency", "ttfa_ms_p50", "ttfa_ms_p95", "ttfa_ms_p99", "audio_seconds_per_second",
+                            "underruns", "errors")} for lv in report["levels"]]}))
+    return 0
+
+
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [("A", report["A"]["levels"]), ("B", report["B"]["levels"])] if "A" in report else [("server", report["levels"])]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for label, levels in series:
+        c = [lv["concurrency"] for lv in levels]
+        axes[0].plot(c, [lv["ttfa_ms_p50"] or 0 for lv in levels], "o-", label=f"{label} p50")
+        axes[0].plot(c, [lv["ttfa_ms_p95"] or 0 for lv in levels], "s--", label=f"{label} p95")
+        axes[1].plot(c, [lv["audio_seconds_per_second"] for lv in levels], "o-", label=label)
+        axes[2].bar([x + (0.2 if label == "B" else 0) for x in range(len(c))], [lv["underruns"] for lv in levels],
+                    width=0.4, label=label)
+        axes[2].set_xticks(range(len(c)), [str(x) for x in c])
+    axes[0].set(title="time to first audio", xlabel="concurrent streams", ylabel="ms")
+    axes[1].set(title="throughput", xlabel="concurrent streams", ylabel="audio seconds / wall second")
+    axes[2].set(title="underruns", xlabel="concurrent streams", ylabel="count")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"gsv serve benchmark — {report['machine']['processor']}, {report['machine']['cpus']} cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
