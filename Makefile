@@ -6,7 +6,7 @@ STAMP := $(VENV)/.setup-stamp
 SYS_STAMP := $(VENV)/.sysdeps-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup sysdeps test test-fast demo protos clean
+.PHONY: setup sysdeps test test-fast demo protos clean cpp-client
 
 setup: $(STAMP) $(SYS_STAMP)
 
@@ -37,3 +37,16 @@ clean:
 # Regenerate the gRPC stubs (committed; tests/test_protos.py checks they are up to date).
 protos: setup
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. protos/tts/v1/tts.proto
+
+# C++ client + gsv_say_cpp example (clients/cpp; not needed by `make test`, whose C++ test skips
+# without the toolchain).  Installs the Debian/Ubuntu toolchain with apt-get when something is missing.
+CPP_APT := libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler pkg-config cmake g++
+cpp-client:
+	@if ! { command -v cmake && command -v g++ && command -v protoc && command -v grpc_cpp_plugin \
+			&& pkg-config --exists grpc++; } >/dev/null 2>&1; then \
+		echo "installing the C++ gRPC toolchain (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CPP_APT) >/dev/null; \
+	fi
+	cmake -S clients/cpp -B clients/cpp/build -DCMAKE_BUILD_TYPE=Release
+	cmake --build clients/cpp/build -j2
+	@echo "built clients/cpp/build/gsv_say_cpp"

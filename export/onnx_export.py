@@ -24,8 +24,10 @@ FP16_KEEP_FP32_OPS = (
     "LayerNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2",
     "Exp", "Log", "Pow", "Sqrt", "Reciprocal", "Softplus", "Range", "Cast", "CumSum",
 )
-# Ops whose constant weights INT8 dynamic quantisation replaces (weights int8 per output channel,
-# activations uint8 per tensor, quantised on the fly: no calibration data needed).
+# Ops whose constant weights INT8 dynamic quantisation replaces (int8 weights, uint8 activations
+# quantised on the fly per tensor: no calibration data needed).  Weights are quantised per tensor:
+# ORT's fused DynamicQuantizeMatMul only takes its fast u8s8 path for a scalar weight scale (per
+# channel measured ~2x slower on this CPU, slower than FP32 at batch 1).
 INT8_OPS = ("MatMul", "Gemm")
 
 
@@ -44,7 +46,24 @@ def export_fp32(graph: str, path: Path, consts: dict, gpt=None, sovits=None) -> 
             input_names=input_names(spec, consts), output_names=output_names(spec, consts),
             dynamic_axes=dynamic_axes(spec, consts), do_constant_folding=True,
         )
+    _simplify(path)
     _check_io(path, spec, consts)
+
+
+def _simplify(path: Path) -> None:
+    """Constant Reshape targets (export.simplify); a graph the shape inference cannot follow stays as traced."""
+    import onnx
+
+    from export.simplify import constant_reshape_targets
+
+    model = onnx.load(str(path))
+    try:
+        changed = constant_reshape_targets(model)
+    except Exception as e:  # noqa: BLE001 - an optimisation only: the traced graph is correct as it is
+        log.info("%s: shape simplification skipped (%s)", path.name, e)
+        return
+    if changed:
+        onnx.save(model, str(path))
 
 
 def _check_io(path: Path, spec, consts) -> None:
@@ -59,12 +78,12 @@ def _check_io(path: Path, spec, consts) -> None:
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
-    """ORT dynamic quantisation of the MatMul/Gemm weights (per channel, signed int8 weights)."""
+    """ORT dynamic quantisation of the MatMul/Gemm weights (per tensor, signed int8 weights)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet_root_logger():  # the quantiser logs one root-logger line per tensor it skips
         quantize_dynamic(
-            str(src), str(dst), op_types_to_quantize=list(INT8_OPS), per_channel=True, weight_type=QuantType.QInt8,
+            str(src), str(dst), op_types_to_quantize=list(INT8_OPS), per_channel=False, weight_type=QuantType.QInt8,
             # only weights are quantised: MatMuls of two activations (attention scores) stay FP32
             extra_options={"MatMulConstBOnly": True},
         )

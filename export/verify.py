@@ -41,9 +41,9 @@ class Tolerance:
 #   (a baked-in length, a wrong mask, a dropped bias) gives errors of order 1e-1..1.  The audio SNR
 #   of an exact port is > 80 dB; 50 dB still fails on a wrong frame or a wrong noise alignment.
 #   Greedy tokens must match: a near-tie within 1e-5 over 50 steps is improbable on any weights.
-# * int8: per-channel int8 weights with per-tensor uint8 activations change logits by a few percent of
-#   their range (measured ~1-3% at full size); 0.1 catches a broken quantisation (scale/zero-point or
-#   a quantised attention matmul), not the expected rounding.  Greedy divergence is measured and
+# * int8: per-tensor int8 weights and uint8 activations change logits by a few percent of their range
+#   (measured 2-3% at full size); 0.1 catches a broken quantisation (scale/zero-point or a quantised
+#   attention matmul), not the expected rounding.  Greedy divergence is measured and
 #   reported (first step and teacher-forced agreement) but cannot be required: rounding flips
 #   near-ties, after which the sequences legitimately differ.  Audio graphs stay fp32 in the int8 set.
 # * fp16: 10-bit mantissas give ~1e-3 relative error per op; with LayerNorm/softmax/exp kept in fp32
@@ -113,18 +113,20 @@ def _greedy_prompt(cfg, seed: int):
 
 
 @torch.no_grad()
-def greedy_tokens(backend, inputs, steps: int, forced: list[int] | None = None) -> tuple[list[int], list[int]]:
-    """Greedy decoding through a GPTBackend.  Returns (tokens chosen, argmax per step); with ``forced``
-    the fed tokens are ``forced`` (teacher forcing) instead of the chosen ones."""
+def greedy_tokens(backend, inputs, steps: int, forced: list[int] | None = None) -> tuple[list[int], list[int], list[float]]:
+    """Greedy decoding through a GPTBackend.  Returns (tokens chosen, argmax per step, top-1 minus
+    top-2 logit per step); with ``forced`` the fed tokens are ``forced`` (teacher forcing)."""
     phones, phone_lens, bert, prompt, prompt_lens = inputs
     logits, k, v, seq_lens = backend.prefill(phones, phone_lens, bert, prompt, prompt_lens)
     cache = backend.new_cache()
     cache.add_rows(k, v, seq_lens)
     pos = int(prompt_lens[0])
-    chosen, argmaxes = [], []
+    chosen, argmaxes, margins = [], [], []
     for step in range(steps):
-        best = int(logits.float().cpu()[0].argmax())
+        top = logits.float().cpu()[0].topk(2)
+        best = int(top.indices[0])
         argmaxes.append(best)
+        margins.append(float(top.values[0] - top.values[1]))
         token = best if forced is None else forced[step]
         chosen.append(token)
         if step == steps - 1:
@@ -133,18 +135,22 @@ def greedy_tokens(backend, inputs, steps: int, forced: list[int] | None = None) 
         logits, nk, nv = backend.decode_step(torch.tensor([token]), torch.tensor([pos]), cache.k, cache.v, cache.kv_lens())
         cache.append(nk, nv)
         pos += 1
-    return chosen, argmaxes
+    return chosen, argmaxes, margins
 
 
 def greedy_check(torch_backend, ort_backend, seed: int, steps: int = GREEDY_STEPS) -> dict:
     inputs = _greedy_prompt(torch_backend.config, seed)
-    ref, _ = greedy_tokens(torch_backend, inputs, steps)
-    got, _ = greedy_tokens(ort_backend, inputs, steps)
-    _, forced_argmax = greedy_tokens(ort_backend, inputs, steps, forced=ref)
+    ref, _, margins = greedy_tokens(torch_backend, inputs, steps)
+    got, _, _ = greedy_tokens(ort_backend, inputs, steps)
+    _, forced_argmax, _ = greedy_tokens(ort_backend, inputs, steps, forced=ref)
     first = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), None)
-    agree = sum(a == b for a, b in zip(ref, forced_argmax)) / steps
+    disagree = [i for i, (a, b) in enumerate(zip(ref, forced_argmax)) if a != b]
     return {"greedy_tokens_match": first is None, "greedy_steps": steps, "greedy_first_divergence": first,
-            "teacher_forced_agreement": agree, "tokens_torch": ref, "tokens_onnx": got}
+            "teacher_forced_agreement": 1 - len(disagree) / steps,
+            # why a divergence happens: PyTorch's top-1 minus top-2 logit where the runtimes disagree,
+            # against the median margin (near-ties flip under rounding; confident steps do not)
+            "teacher_forced_disagreements": [{"step": i, "torch_top2_margin": margins[i]} for i in disagree],
+            "torch_median_top2_margin": float(np.median(margins)), "tokens_torch": ref, "tokens_onnx": got}
 
 
 @torch.no_grad()

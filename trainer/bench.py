@@ -40,7 +40,8 @@ def make_experiment(root: Path, arch: str) -> tuple[Path, object]:
     bundle = write_bundle(root / "base", p.gpt, Text2SemanticGPT(p.gpt).state_dict(), p.sovits,
                           SoVITS(p.sovits, with_posterior=True).state_dict(),
                           sources={"kind": "bench", "train_hints": {"disc_channel_divisor": p.disc_channel_divisor,
-                                                                    "segment_frames": p.segment_frames}})
+                                                                    "segment_frames": p.segment_frames,
+                                                                    **({"cpu_threads": 1} if arch == "tiny" else {})}})
     exp = root / "exp"
     (exp / DATA_DIR).mkdir(parents=True)
     summary = PrepareSummary()
@@ -97,7 +98,9 @@ def time_stage(stage_name: str, exp_path: Path, bundle, batch_size: int, steps: 
             "max_seconds": round(max(times), 4)}
 
 
-def run(steps: int = 3, only: str | None = None) -> dict:
+def run(steps: int = 3, only: str | None = None, explicit_threads: bool = False) -> dict:
+    from trainer.init_base import train_hints
+
     plan = [("tiny", "sovits", 4), ("tiny", "gpt", 4), ("v2", "sovits", 2), ("v2", "gpt", 4)]
     results = []
     with tempfile.TemporaryDirectory(prefix="gsv-bench-") as td:
@@ -108,8 +111,13 @@ def run(steps: int = 3, only: str | None = None) -> dict:
             if arch not in built:
                 built[arch] = make_experiment(Path(td) / arch, arch)
             exp, bundle = built[arch]
+            default_threads = torch.get_num_threads()
+            hint = train_hints(bundle).get("cpu_threads")
+            if hint and not explicit_threads:
+                torch.set_num_threads(int(hint))  # what gsv-train uses for this base by default
             r = time_stage(stage, exp, bundle, bs, steps)
-            r["arch"] = arch
+            r["arch"], r["torch_threads"] = arch, torch.get_num_threads()
+            torch.set_num_threads(default_threads)
             results.append(r)
             print(f"{arch:5s} {stage:7s} batch {bs}: {r['seconds_per_step']:.3f} s/step", file=sys.stderr)
     return {
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = run(args.steps, args.only)
+    report = run(args.steps, args.only, explicit_threads=bool(args.threads))
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

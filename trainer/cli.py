@@ -52,7 +52,7 @@ def _common_cfg(args) -> dict:
               log_every=args.log_every, resume=not args.restart, device=args.device, fp16=not args.no_fp16,
               num_workers=args.num_workers, synth=not args.no_synth, synth_text=args.synth_text,
               synth_lang=args.synth_lang, synth_max_tokens=args.synth_max_tokens, speaker_model=args.speaker_model,
-              name=args.name)
+              name=args.name, threads=args.threads)
     if args.batch_size:
         kw["batch_size"] = args.batch_size
     return kw
@@ -145,18 +145,10 @@ def cmd_prepare(args) -> int:
     return 0
 
 
-def _threads(args) -> None:
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-
 def cmd_sovits(args) -> int:
     from trainer.config import DiscriminatorConfig, SoVITSTrainConfig
     from trainer.run import train
 
-    _threads(args)
     kw = _common_cfg(args)
     cfg = SoVITSTrainConfig(**kw, learning_rate=args.lr, text_low_lr_rate=args.text_low_lr_rate,
                             base_discriminator=args.base_d, segment_frames=args.segment_frames,
@@ -170,7 +162,6 @@ def cmd_gpt(args) -> int:
     from trainer.config import GPTTrainConfig
     from trainer.run import train
 
-    _threads(args)
     kw = _common_cfg(args)
     cfg = GPTTrainConfig(**kw, lr=args.lr, first_step_lr=args.first_step_lr, grad_accum=args.grad_accum, dpo=args.dpo)
     if cfg.dpo:

@@ -51,6 +51,7 @@ class CommonTrainConfig:
     synth_max_tokens: int = 250  # 10 s at 25 tokens/s
     speaker_model: str | None = None  # local speechbrain ECAPA folder; None = randomly initialised
     name: str = ""  # release file name prefix (default: the EXP folder name)
+    threads: int | None = None  # torch CPU threads (None: the base's hint, e.g. 1 for tiny models, else torch's default)
 
 
 @dataclass

@@ -10,7 +10,6 @@ length are recorded in the manifest's ``sources.train_hints`` and used as stage 
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +102,8 @@ def init_bundle(out: str | Path, arch: str = "tiny", seed: int = 0, hubert: str 
     gpt = Text2SemanticGPT(p.gpt)
     sovits = SoVITS(p.sovits, with_posterior=True)
     hints = {"disc_channel_divisor": p.disc_channel_divisor, "segment_frames": p.segment_frames}
+    if arch == "tiny":
+        hints["cpu_threads"] = 1  # tiny models gain nothing from more, and a shared CPU makes extra threads spin
     with tempfile.TemporaryDirectory() as td:
         hub = Path(hubert) if hubert else write_random_hubert(Path(td) / "hubert", p.sovits.ssl_dim, p.hubert_layers, seed)
         brt = Path(bert) if bert else write_random_bert(Path(td) / "bert", p.gpt.bert_dim, p.bert_layers, seed)

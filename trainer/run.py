@@ -51,6 +51,9 @@ def train(stage: str, exp_path: str | Path, cfg: SoVITSTrainConfig | GPTTrainCon
     try:
         exp = Experiment.open(exp_path)
         bundle = open_base(exp, base)
+        threads = cfg.threads or train_hints(bundle).get("cpu_threads")
+        if threads and device.type == "cpu":
+            torch.set_num_threads(int(threads))
         train_items, val_items = exp.split(cfg.val_fraction)
         torch.manual_seed(cfg.seed + dist.rank)  # fresh modules (discriminator, a missing enc_q) start alike every run
         if stage == "sovits":
@@ -104,8 +107,3 @@ def make_bundle(exp_path: str | Path, out: str | Path, which: str = "best", base
     hub, brt = bundle.hubert_dir, bundle.bert_dir
     return write_bundle(out, bundle.gpt_config, parts["gpt"], bundle.sovits_config, parts["sovits"], sources=sources,
                         hubert_dir=hub, bert_dir=brt, force=force)
-
-
-def torch_threads(n: int | None) -> None:
-    if n:
-        torch.set_num_threads(n)
