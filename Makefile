@@ -31,6 +31,9 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+demo: setup
+	$(PY) scripts/demo.py --out out
+
 clean:
 	rm -rf $(VENV) .pytest_cache out
 

@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstring>
+#include <exception>
 #include <utility>
 
 #include "protos/tts/v1/tts.grpc.pb.h"
