@@ -290,12 +290,14 @@ class TtsService(pb_grpc.TextToSpeechServicer):
         yield pb.SynthesizeStreamResponse(start=pb.StreamStart(
             request_id=r.request_id, format=self._format(r), seed=r.seed, voice_id=r.voice.voice_id,
             voice_version=int(getattr(r.voice, "version", 1)), model_id=self.s.model_id))
-        total = 0
+        total = 0  # model-rate samples (for the summary)
+        sent, sequence = 0, 0  # output-rate samples and messages (positions the client sees)
         try:
             async for x, chunk in self._drain_chunks(r, session, q, buffered, slow, t0, method):
                 yield pb.SynthesizeStreamResponse(audio=pb.AudioData(
-                    data=r.converter.encode(x), sequence=chunk.sequence, start_sample=chunk.start_sample,
-                    num_samples=chunk.samples.size))
+                    data=r.converter.encode(x), sequence=sequence, start_sample=sent, num_samples=x.size))
+                sequence += 1
+                sent += x.size
                 total += chunk.samples.size
             self._observe_done(method, session, t0, total)
             yield pb.SynthesizeStreamResponse(summary=self._summary(session, t0, frontend_s_ref[0], total / C.SAMPLE_RATE))

@@ -215,3 +215,12 @@ def test_metrics_move(server, client):
                  "tts_requests_in_flight", "tts_queue_depth", "tts_requests_total", "tts_admission_rejections_total",
                  "tts_underruns_total", "tts_build_info", "tts_model_info"):
         assert name in text, name
+
+
+def test_positions_at_resampled_rate(client):
+    r = client.stream(TEXT, "alice", seed=2, sample_rate=16000, max_audio_seconds=2)
+    assert r.sample_rate == 16000
+    pos = 0
+    for i, c in enumerate(r.chunks):
+        assert c.sequence == i and c.start_sample == pos
+        pos += c.samples.size
