@@ -21,6 +21,15 @@ def _case_dirs() -> list[Path]:
     return [KIT_FRONTEND]
 
 
+# Cases that differ only because upstream's environment had data this project cannot ship (see the kit's
+# README, "Deviations"): expected to fail, strictly, so a change that fixes them is noticed.
+KNOWN_DATA_DIFFERENCES = {
+    ("ja", "私はAIの研究をしています。"): "needs upstream's ja_userdic/userdict.csv (AI -> アイ)",
+    ("ja", "NiceなTシャツですね。"): "needs upstream's ja_userdic/userdict.csv (Nice, Tシャツ readings)",
+    ("ja", "ＡＢＣのテストは１００点でした。"): "needs upstream's ja_userdic/userdict.csv (ABC accent)",
+}
+
+
 def _load(kind_key: str):
     cases = []
     for d in _case_dirs():
@@ -30,7 +39,9 @@ def _load(kind_key: str):
                     continue
                 rec = json.loads(line)
                 if kind_key in rec:
-                    cases.append(pytest.param(rec, id=f"{f.stem}:{n}:{rec.get('lang', rec.get('method'))}"))
+                    reason = KNOWN_DATA_DIFFERENCES.get((rec.get("lang"), rec.get("text")))
+                    marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+                    cases.append(pytest.param(rec, id=f"{f.stem}:{n}:{rec.get('lang', rec.get('method'))}", marks=marks))
     return cases
 
 
