@@ -22,7 +22,8 @@ def test_demo_end_to_end(tmp_path):
                        capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert summary["base"] == "tiny" and "TensorRT" in summary["tensorrt"] or "tensorrt" in summary["tensorrt"]
+    assert summary["base"] == "tiny"
+    assert "tensorrt" in summary["tensorrt"].lower()  # no GPU here: the demo reports why no engine was built
     audio, sr = sf.read(tmp_path / "demo.wav")
     assert sr == 32000 and audio.size > 0
     bench = json.loads((tmp_path / "bench.json").read_text())
