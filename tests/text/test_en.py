@@ -126,9 +126,49 @@ def test_cmudict_07b_comes_first(word, pron):
     assert dictionary.lookup(word) == tuple(pron.split())
 
 
+@pytest.mark.parametrize(
+    "word, pron",
+    [
+        # pronouncing's earlier 0.7b reads "V OW1 T AH0 D" etc.; the r13083 patch gives upstream's reading
+        ("voted", "V OW1 T IH0 D"),
+        ("united", "Y UW0 N AY1 T IH0 D"),
+        ("notice", "N OW1 T IH0 S"),
+        ("solution", "S AA0 L UW1 SH AH0 N"),
+        ("usa", "Y UW2 EH2 S EY1"),
+        ("login", "L AO1 G IH2 N"),  # added in r13083
+    ],
+)
+def test_cmudict_r13083_patch(word, pron):
+    base = dictionary._load_cmudict_07b()
+    assert base.get(word) != tuple(pron.split())
+    assert dictionary.lookup(word) == tuple(pron.split())
+
+
+def test_cmudict_r13083_patch_matches_installed_base():
+    # The patch is a diff against pronouncing 0.1.5's file, whose sha256 its header records.
+    import hashlib
+
+    path = dictionary.resources.files("gsv.text.en").joinpath(dictionary.CMUDICT_R13083_PATCH)
+    header = path.read_text(encoding="utf-8")
+    assert "Copyright (C) 1993-2015 Carnegie Mellon University" in header
+    assert "$Rev:: 13083" in header
+    digest = hashlib.sha256(dictionary.cmudict_07b_path().read_bytes()).hexdigest()
+    assert f"base   = pronouncing 0.1.5 cmudict-0.7b, sha256 {digest}" in header
+
+
+def test_cmudict_patch_format():
+    entries = {"-hyphen": ("X",), "gone": ("G",), "old": ("O",)}
+    dictionary._apply_cmudict_patch(
+        entries, ["# comment", "", "-HYPHEN\tHH AY1 F AH0 N", "#SHARP-SIGN\tSH AA1 R P", "OLD\tN EW1", "-GONE", "-ABSENT"]
+    )
+    assert entries == {"-hyphen": ("HH", "AY1", "F", "AH0", "N"), "#sharp-sign": ("SH", "AA1", "R", "P"), "old": ("N", "EW1")}
+
+
 def test_later_cmudict_fills_words_07b_lacks():
-    assert "login" not in dictionary._load_cmudict_07b()
-    assert dictionary.lookup("login") == ("L", "AO1", "G", "IH2", "N")
+    assert "bitcoin" not in dictionary._load_cmudict_07b()
+    assert dictionary.lookup("bitcoin") == ("B", "IH1", "T", "K", "OY1", "N")
+    # a word r13083 dropped is filled from the later CMUdict too, as upstream's cmudict-fast.rep does
+    assert dictionary.lookup("u.s") == ("Y", "UW1", "Z")
     # 0.7b-only spellings stay; its Latin-1 "DÉJÀ" line is dropped (upstream's copy is mangled)
     assert dictionary.lookup("deja") == ("D", "IY1", "JH", "AH0")
     assert dictionary.lookup("déjà") is None
