@@ -305,27 +305,11 @@ class TtsService(pb_grpc.TextToSpeechServicer):
             if not session.done.is_set():
                 self.s.engine.cancel(session)
 
-    async def StreamingSynthesize(self, request, context):
+    async def _guard_stream(self, method: str, context, stream):
+        """Relay a response stream, mapping errors to status codes and recording the outcome."""
         code = grpc.StatusCode.OK
-        admitted = False
         try:
-            t0 = time.monotonic()
-            owner = self._owner(context)
-            self._check_text(request.text)
-            r = self._resolve(request.config, owner, streaming=True)
-            self._admit()
-            admitted = True
-            tf = time.monotonic()
-            segments = await self._segments(request.text, r.language, r.split)
-            frontend_s = [time.monotonic() - tf]
-            self.s.metrics.frontend.observe(frontend_s[0])
-
-            def factory():
-                opened = self._open_session(r, segments, context)
-                self.s.engine.submit(opened[0])
-                return opened
-
-            async for msg in self._stream_body("StreamingSynthesize", r, factory, context, t0, frontend_s):
+            async for msg in stream:
                 yield msg
         except Abort as e:
             code = e.code
@@ -339,27 +323,52 @@ class TtsService(pb_grpc.TextToSpeechServicer):
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            if admitted:
-                self._release()
-            self.s.metrics.requests.labels("StreamingSynthesize", code.name).inc()
+            self.s.metrics.requests.labels(method, code.name).inc()
+
+    async def StreamingSynthesize(self, request, context):
+        async for msg in self._guard_stream("StreamingSynthesize", context, self._streaming(request, context)):
+            yield msg
+
+    async def _streaming(self, request, context):
+        t0 = time.monotonic()
+        owner = self._owner(context)
+        self._check_text(request.text)
+        r = self._resolve(request.config, owner, streaming=True)
+        self._admit()
+        try:
+            tf = time.monotonic()
+            segments = await self._segments(request.text, r.language, r.split)
+            frontend_s = [time.monotonic() - tf]
+            self.s.metrics.frontend.observe(frontend_s[0])
+
+            def factory():
+                opened = self._open_session(r, segments, context)
+                self.s.engine.submit(opened[0])
+                return opened
+
+            async for msg in self._stream_body("StreamingSynthesize", r, factory, context, t0, frontend_s):
+                yield msg
+        finally:
+            self._release()
 
     async def BidiSynthesize(self, request_iterator, context):
-        code = grpc.StatusCode.OK
-        admitted = False
+        async for msg in self._guard_stream("BidiSynthesize", context, self._bidi(request_iterator, context)):
+            yield msg
+
+    async def _bidi(self, request_iterator, context):
+        t0 = time.monotonic()
+        owner = self._owner(context)
+        it = request_iterator.__aiter__()
+        try:
+            first = await it.__anext__()
+        except StopAsyncIteration:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must carry the config") from None
+        if first.WhichOneof("request") != "config":
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must carry the config")
+        r = self._resolve(first.config, owner, streaming=True)
+        self._admit()
         reader = None
         try:
-            t0 = time.monotonic()
-            owner = self._owner(context)
-            it = request_iterator.__aiter__()
-            try:
-                first = await it.__anext__()
-            except StopAsyncIteration:
-                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must carry the config") from None
-            if first.WhichOneof("request") != "config":
-                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must carry the config")
-            r = self._resolve(first.config, owner, streaming=True)
-            self._admit()
-            admitted = True
             frontend_s = [0.0]
             errors: list[Abort] = []
             holder = {}
@@ -384,21 +393,10 @@ class TtsService(pb_grpc.TextToSpeechServicer):
                 raise
             if errors:
                 raise errors[0]
-        except Abort as e:
-            code = e.code
-            await context.abort(e.code, e.message)
-        except GsvError as e:
-            code = _error_code(e)
-            await context.abort(code, str(e))
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
         finally:
             if reader is not None and not reader.done():
                 reader.cancel()
-            if admitted:
-                self._release()
-            self.s.metrics.requests.labels("BidiSynthesize", code.name).inc()
+            self._release()
 
     async def _bidi_reader(self, it, r: Resolved, session: Session, frontend_s, errors: list) -> None:
         """Consume text pieces: synthesize complete sentences, on flush, after a pause, and at half-close."""
