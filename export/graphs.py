@@ -3,7 +3,7 @@
 This table is the one place the exporter, the verifier, the TensorRT builder and the runtime
 backends (through the bundle manifest, which records each artifact's IO) read graph interfaces
 from.  Dimension names are either *constants* of the bundle's architecture (``n_layer``,
-``hidden``, ``vocab``, ``bert_dim``, ``inter``, ``gin``, ``spec``; resolved from the configs) or
+``hidden``, ``heads``, ``head_dim``, ``vocab``, ``bert_dim``, ``inter``, ``gin``, ``spec``; resolved from the configs) or
 *dynamic axes* (everything else), which become ONNX ``dim_param`` names and TensorRT profile keys.
 
 Graphs (wrappers in :mod:`export.wrappers`; sampling is never inside a graph):
@@ -72,22 +72,22 @@ GRAPHS: dict[str, GraphSpec] = {
             inputs=(_t("phones", I64, "batch", "phones"), _t("phone_lens", I64, "batch"),
                     _t("bert", F32, "batch", "bert_dim", "phones"), _t("prompt", I64, "batch", "prompt"),
                     _t("prompt_lens", I64, "batch")),
-            outputs=(_t("logits", F32, "batch", "vocab"), _t("k", F32, "n_layer", "batch", "seq", "hidden"),
-                     _t("v", F32, "n_layer", "batch", "seq", "hidden"), _t("seq_lens", I64, "batch")),
+            outputs=(_t("logits", F32, "batch", "vocab"), _t("k", F32, "n_layer", "batch", "heads", "seq", "head_dim"),
+                     _t("v", F32, "n_layer", "batch", "heads", "seq", "head_dim"), _t("seq_lens", I64, "batch")),
             trt_profile={"batch": (1, 1, 8), "phones": (1, 96, 512), "prompt": (0, 128, 512)},
             quantize=True,
-            description="phones [B,Tx] + BERT [B,bert_dim,Tx] + prompt tokens [B,Ty] -> logits [B,V], KV [L,B,Tx+Ty,D]",
+            description="phones [B,Tx] + BERT [B,bert_dim,Tx] + prompt tokens [B,Ty] -> logits [B,V], KV [L,B,H,Tx+Ty,Dh]",
         ),
         GraphSpec(
             "gpt_decode", "gpt", "GPTDecodeStepGraph",
             inputs=(_t("tokens", I64, "batch"), _t("audio_pos", I64, "batch"), _t("kv_lens", I64, "batch"),
-                    _t("past_k.{}", F32, "batch", "cache", "hidden", per_layer=True),
-                    _t("past_v.{}", F32, "batch", "cache", "hidden", per_layer=True)),
-            outputs=(_t("logits", F32, "batch", "vocab"), _t("new_k", F32, "n_layer", "batch", "hidden"),
-                     _t("new_v", F32, "n_layer", "batch", "hidden")),
+                    _t("past_k.{}", F32, "batch", "heads", "cache", "head_dim", per_layer=True),
+                    _t("past_v.{}", F32, "batch", "heads", "cache", "head_dim", per_layer=True)),
+            outputs=(_t("logits", F32, "batch", "vocab"), _t("new_k", F32, "n_layer", "batch", "heads", "head_dim"),
+                     _t("new_v", F32, "n_layer", "batch", "heads", "head_dim")),
             trt_profile={"batch": (1, 4, 16), "cache": (TRT_CACHE_LEN, TRT_CACHE_LEN, TRT_CACHE_LEN)},
             quantize=True,
-            description="token [B] at audio position [B] + per-layer cache [B,T,D] with kv_lens [B] -> logits, new K/V [L,B,D]",
+            description="token [B] at audio position [B] + per-layer cache [B,H,T,Dh] with kv_lens [B] -> logits, new K/V [L,B,H,Dh]",
         ),
         GraphSpec(
             "speaker_encoder", "sovits", "SpeakerEncoderGraph",
@@ -139,6 +139,7 @@ def constants(gpt_config, sovits_config) -> dict[str, int]:
     """Architecture constants that dimension names may refer to."""
     return {
         "n_layer": gpt_config.n_layer, "hidden": gpt_config.hidden_dim, "vocab": gpt_config.vocab_size,
+        "heads": gpt_config.n_head, "head_dim": gpt_config.hidden_dim // gpt_config.n_head,
         "bert_dim": gpt_config.bert_dim, "inter": sovits_config.inter_channels, "gin": sovits_config.gin_channels,
         "spec": sovits_config.spec_channels,
     }

@@ -13,7 +13,7 @@ from export.graphs import GRAPHS
 
 
 class _LayerStack:
-    """Per-layer cache tensors [B, T, D] presented to ``decode_step`` as one [L, B, T, D] cache.
+    """Per-layer cache tensors [B, H, T, Dh] presented to ``decode_step`` as one [L, B, H, T, Dh] cache.
 
     ``decode_step`` only indexes the cache by layer and reads its shape, so a sequence works; the
     graph then takes one input per layer and no stacked copy of the cache is ever made.
@@ -29,7 +29,7 @@ class _LayerStack:
 
 class GPTPrefillGraph(nn.Module):
     """(phones [B,Tx], phone_lens [B], bert [B,bert_dim,Tx], prompt [B,Ty], prompt_lens [B])
-    -> (logits [B,V], k [L,B,S,D], v [L,B,S,D], seq_lens [B]) with S = Tx + Ty."""
+    -> (logits [B,V], k [L,B,H,S,Dh], v [L,B,H,S,Dh], seq_lens [B]) with S = Tx + Ty."""
 
     def __init__(self, gpt):
         super().__init__()
@@ -40,8 +40,8 @@ class GPTPrefillGraph(nn.Module):
 
 
 class GPTDecodeStepGraph(nn.Module):
-    """(tokens [B], audio_pos [B], kv_lens [B], past_k.0..L-1 [B,T,D], past_v.0..L-1 [B,T,D])
-    -> (logits [B,V], new_k [L,B,D], new_v [L,B,D]); the caller writes new_k/new_v at kv_lens."""
+    """(tokens [B], audio_pos [B], kv_lens [B], past_k.0..L-1 [B,H,T,Dh], past_v.0..L-1 [B,H,T,Dh])
+    -> (logits [B,V], new_k [L,B,H,Dh], new_v [L,B,H,Dh]); the caller writes new_k/new_v at kv_lens."""
 
     def __init__(self, gpt):
         super().__init__()
@@ -138,7 +138,7 @@ def sample_inputs(graph: str, sizes: dict, gpt_config, sovits_config, gen: torch
                 ids(gpt_config.eos, b, ty), lens(ty, 0))
     if graph == "gpt_decode":
         t, c = sizes["cache"], gpt_config
-        past = [torch.randn(b, t, c.hidden_dim, generator=gen) for _ in range(2 * c.n_layer)]
+        past = [torch.randn(b, c.n_head, t, c.hidden_dim // c.n_head, generator=gen) for _ in range(2 * c.n_layer)]
         return (ids(c.eos, b), ids(t, b), lens(t), *past)
     s = sovits_config
     if graph == "speaker_encoder":

@@ -64,6 +64,10 @@ class OrtGraph:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3  # ORT's warnings about unused initializers etc. are not actionable here
+        # Spinning threads wait for work without sleeping: good inside a run (hundreds of small nodes),
+        # harmful after it, when they would take the cores from torch (sampling, cache writes) or from
+        # the next graph's own pool (measured: a torch pass right after a run lost a third of its speed)
+        so.add_session_config_entry("session.force_spinning_stop", "1")
         if kind == "cpu":
             providers = ["CPUExecutionProvider"]
         elif kind == "cuda":
@@ -139,6 +143,7 @@ class OnnxGPTBackend(GPTBackend):
     def __init__(self, config, prefill: OrtGraph, decode: OrtGraph, name: str = "onnx"):
         self.config, self.prefill_graph, self.decode_graph, self.name = config, prefill, decode, name
         self.device = torch.device("cuda", decode.device_id) if decode.on_gpu else torch.device("cpu")
+        self._binding, self._cache_key = None, None
 
     @classmethod
     def from_files(cls, config, prefill_path, decode_path, device="cpu", threads=None, name="onnx"):
@@ -147,7 +152,7 @@ class OnnxGPTBackend(GPTBackend):
     def prefill(self, phones, phone_lens, bert, prompt, prompt_lens):
         c = self.config
         n, s = phones.shape[0], phones.shape[1] + prompt.shape[1]
-        kv = (c.n_layer, n, s, c.hidden_dim)
+        kv = (c.n_layer, n, c.n_head, s, c.hidden_dim // c.n_head)
         logits, k, v, seq_lens = self.prefill_graph.run(
             {"phones": phones.long(), "phone_lens": phone_lens.long(), "bert": bert.float(), "prompt": prompt.long(),
              "prompt_lens": prompt_lens.long()},
@@ -157,13 +162,43 @@ class OnnxGPTBackend(GPTBackend):
     def decode_step(self, tokens, positions, k_cache, v_cache, kv_lens):
         c = self.config
         n = tokens.shape[0]
+        if not self.decode_graph.on_gpu:
+            return self._decode_step_cpu(tokens, positions, k_cache, v_cache, kv_lens)
         feeds = {"tokens": tokens.long(), "audio_pos": positions.long(), "kv_lens": kv_lens.long()}
         for i in range(c.n_layer):  # per-layer views of the caller's cache: nothing is copied
             feeds[f"past_k.{i}"] = k_cache[i]
             feeds[f"past_v.{i}"] = v_cache[i]
-        new = (c.n_layer, n, c.hidden_dim)
+        new = (c.n_layer, n, c.n_head, c.hidden_dim // c.n_head)
         logits, new_k, new_v = self.decode_graph.run(feeds, {"logits": (n, c.vocab_size), "new_k": new, "new_v": new})
         return logits, new_k, new_v
+
+    def _decode_step_cpu(self, tokens, positions, k_cache, v_cache, kv_lens):
+        """IO binding by pointer: the per-layer cache inputs (48 at full size) are bound again only when
+        the cache tensors change (growth, rows added or removed), not every step; outputs are written
+        straight into new torch tensors."""
+        c = self.config
+        n = tokens.shape[0]
+        k_cache, v_cache = k_cache.float().contiguous(), v_cache.float().contiguous()  # no-ops for a KVCache
+        key = (k_cache.data_ptr(), v_cache.data_ptr(), tuple(k_cache.shape), tuple(v_cache.shape))
+        if key != self._cache_key:
+            # keyed by address and shape: a new cache at the same address with the same shape is
+            # read correctly through the old binding, since ORT reads the memory when it runs
+            self._binding = self.decode_graph.session.io_binding()
+            for prefix, cache in (("past_k", k_cache), ("past_v", v_cache)):
+                shape, step = list(cache.shape[1:]), cache[0].numel() * cache.element_size()
+                for i in range(c.n_layer):
+                    self._binding.bind_input(f"{prefix}.{i}", "cpu", 0, np.float32, shape, cache.data_ptr() + i * step)
+            self._cache_key = key
+        b = self._binding
+        small = [t.long().contiguous() for t in (tokens, positions, kv_lens)]
+        for name, t in zip(("tokens", "audio_pos", "kv_lens"), small):
+            b.bind_input(name, "cpu", 0, np.int64, [n], t.data_ptr())
+        new = (c.n_layer, n, c.n_head, c.hidden_dim // c.n_head)
+        outs = (torch.empty(n, c.vocab_size), torch.empty(new), torch.empty(new))
+        for name, t in zip(("logits", "new_k", "new_v"), outs):
+            b.bind_output(name, "cpu", 0, np.float32, list(t.shape), t.data_ptr())
+        self.decode_graph.session.run_with_iobinding(b)
+        return outs
 
 
 class OnnxAudioBackend(AudioBackend):

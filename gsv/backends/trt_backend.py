@@ -122,10 +122,10 @@ class _OutputAllocator:
 class StaticKVCache(KVCache):
     """A KVCache whose rows are pre-allocated at the engine's static cache length (never regrown)."""
 
-    def __init__(self, n_layer, dim, device, length: int, dtype=torch.float32):
-        super().__init__(n_layer, dim, device, dtype)
+    def __init__(self, n_layer, n_head, head_dim, device, length: int, dtype=torch.float32):
+        super().__init__(n_layer, n_head, head_dim, device, dtype)
         self.static_length = length
-        self.k = torch.zeros(n_layer, 0, length, dim, device=self.device, dtype=dtype)
+        self.k = torch.zeros(n_layer, 0, n_head, length, head_dim, device=self.device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
 
     def _grow_to(self, needed: int) -> None:
@@ -143,11 +143,12 @@ class TrtGPTBackend(GPTBackend):
     def __init__(self, config, prefill: TrtEngine, decode: TrtEngine):
         self.config, self.prefill_engine, self.decode_engine = config, prefill, decode
         self.device = decode.device
-        self.cache_length = int(decode.profile_range("past_k.0")[2][1])  # static: min = opt = max
+        self.cache_length = int(decode.profile_range("past_k.0")[2][2])  # [B, H, T, Dh]; static: min = opt = max
         self.max_rows = int(decode.profile_range("tokens")[2][0])
 
     def new_cache(self) -> StaticKVCache:
-        return StaticKVCache(self.config.n_layer, self.config.hidden_dim, self.device, self.cache_length)
+        c = self.config
+        return StaticKVCache(c.n_layer, c.n_head, c.hidden_dim // c.n_head, self.device, self.cache_length)
 
     def prefill(self, phones, phone_lens, bert, prompt, prompt_lens):
         return tuple(self.prefill_engine.run({"phones": phones, "phone_lens": phone_lens, "bert": bert,

@@ -80,6 +80,7 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, n_head: int):
         super().__init__()
         self.n_head = n_head
+        self.head_dim = dim // n_head
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
         self.out_proj = nn.Linear(dim, dim)
@@ -117,31 +118,34 @@ class GPTLayer(nn.Module):
         return self.norm2(x + self.dropout(ff))
 
     def forward_full(self, x: torch.Tensor, allowed: torch.Tensor):
-        """x: [B, S, D]; allowed: [B, 1, S, S] bool (True = may attend). Returns (x, k, v), k/v [B, S, D]."""
-        q, k, v = self.self_attn.qkv(x)
+        """x: [B, S, D]; allowed: [B, 1, S, S] bool (True = may attend).
+        Returns (x, k, v), k/v [B, H, S, Dh] (the head-split cache layout)."""
         sa = self.self_attn
+        q, k, v = (sa.split_heads(t) for t in sa.qkv(x))
         p = self.dropout.p if self.training else 0.0
-        out = F.scaled_dot_product_attention(sa.split_heads(q), sa.split_heads(k), sa.split_heads(v), allowed, dropout_p=p)
+        out = F.scaled_dot_product_attention(q, k, v, allowed, dropout_p=p)
         return self._post(x, sa.merge_heads(out)), k, v
 
-    def forward_step(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, past_valid: torch.Tensor):
+    def forward_step(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, past_bias: torch.Tensor):
         """One new position per row attending to its cache and to itself.
 
-        x: [B, 1, D]; past_k/past_v: [B, T, D]; past_valid: [B, 1, 1, T] bool.
-        Returns (x [B, 1, D], k [B, 1, D], v [B, 1, D]).  The cache is not concatenated: scores for the
-        cache and for the new position are computed separately and share one softmax.
+        x: [B, D]; past_k/past_v: [B, H, T, Dh]; past_bias: [B, 1, 1, T], 0 where the cache entry is
+        valid and -inf where not.  Returns (x [B, D], k [B, H, 1, Dh], v [B, H, 1, Dh]).
+
+        Written for a lean exported graph (each op below is one node, sizes are constants): the cache
+        is read in place (no transposed or concatenated copy); the new position's score is computed
+        apart and shares one softmax with the cache's scores.
         """
         sa = self.self_attn
-        q, k, v = sa.qkv(x)
-        qh = sa.split_heads(q)  # [B, H, 1, Dh]
-        scale = 1.0 / math.sqrt(qh.shape[-1])
-        s_past = torch.matmul(qh, sa.split_heads(past_k).transpose(-1, -2)) * scale  # [B, H, 1, T]
-        s_past = s_past.masked_fill(~past_valid, float("-inf"))
-        s_self = (qh * sa.split_heads(k)).sum(-1, keepdim=True) * scale  # [B, H, 1, 1]
-        probs = torch.softmax(torch.cat([s_past, s_self], dim=-1), dim=-1)
-        t = past_k.shape[1]
-        out = torch.matmul(probs[..., :t], sa.split_heads(past_v)) + probs[..., t:] * sa.split_heads(v)
-        return self._post(x, sa.merge_heads(out)), k, v
+        h, dh = sa.n_head, sa.head_dim
+        qkv = F.linear(x, sa.in_proj_weight, sa.in_proj_bias).view(-1, 3 * h, 1, dh)
+        qh, kh, vh = qkv.split(h, dim=1)  # [B, H, 1, Dh] each
+        scale = 1.0 / math.sqrt(dh)
+        s_past = torch.matmul(qh, past_k.transpose(-1, -2)) * scale + past_bias  # [B, H, 1, T]
+        s_self = torch.matmul(qh, kh.transpose(-1, -2)) * scale  # [B, H, 1, 1]
+        probs = torch.softmax(torch.cat([s_self, s_past], dim=-1), dim=-1)  # self first: constant slices
+        out = torch.matmul(probs[..., 1:], past_v) + probs[..., :1] * vh  # [B, H, 1, Dh]
+        return self._post(x, out.reshape(-1, h * dh)), kh, vh
 
 
 class Layers(nn.Module):
@@ -187,8 +191,9 @@ class Text2SemanticGPT(nn.Module):
         phones [B, Tx] (right-padded), phone_lens [B], bert [B, bert_dim, Tx], prompt [B, Ty] semantic
         tokens (right-padded; Ty may be 0 for reference-free rows), prompt_lens [B].
         Row b is packed as ``[text_b | prompt_b | padding]`` of length S = Tx + Ty.
-        Returns logits [B, vocab] of each row's last position, keys and values [L, B, S, D] and the
-        valid lengths seq_lens [B] = phone_lens + prompt_lens.
+        Returns logits [B, vocab] of each row's last position, keys and values [L, B, H, S, Dh] (the
+        cache layout: heads split, so attention reads it in place) and the valid lengths
+        seq_lens [B] = phone_lens + prompt_lens.
         """
         b, tx = phones.shape
         ty = prompt.shape[1]
@@ -236,19 +241,25 @@ class Text2SemanticGPT(nn.Module):
         """Feed one token per row.
 
         tokens [B] int64: the last token of each row; audio_pos [B]: its audio position (number of
-        semantic tokens before it, prompt included); k_cache/v_cache [L, B, T, D] with kv_lens [B]
+        semantic tokens before it, prompt included); k_cache/v_cache [L, B, H, T, Dh] with kv_lens [B]
         valid entries per row (entries at and after kv_lens are ignored).
-        Returns logits [B, vocab] and the new keys/values [L, B, D] to be written at index kv_lens.
+        Returns logits [B, vocab] and the new keys/values [L, B, H, Dh] to be written at index kv_lens.
         """
-        x = self.embed_audio(tokens.unsqueeze(1), audio_pos.unsqueeze(1))  # [B, 1, D]
-        t = k_cache.shape[2]
-        valid = (torch.arange(t, device=tokens.device).view(1, t) < kv_lens.view(-1, 1)).view(-1, 1, 1, t)
+        b = tokens.shape[0]
+        x = self.embed_audio(tokens.unsqueeze(1), audio_pos.unsqueeze(1))[:, 0]  # [B, D]
+        t = k_cache.shape[3]
+        valid = torch.arange(t, device=tokens.device).view(1, t) < kv_lens.view(-1, 1)  # [B, T]
+        bias = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill(~valid, float("-inf"))
+        bias = bias.view(b, 1, 1, t)  # added to the scores of every layer and head
         new_k, new_v = [], []
         for i, layer in enumerate(self.h.layers):
-            x, k, v = layer.forward_step(x, k_cache[i], v_cache[i], valid)
-            new_k.append(k[:, 0])
-            new_v.append(v[:, 0])
-        return self.ar_predict_layer(x[:, 0]), torch.stack(new_k), torch.stack(new_v)
+            x, k, v = layer.forward_step(x, k_cache[i], v_cache[i], bias)
+            new_k.append(k)
+            new_v.append(v)
+        # [B, H, L, Dh] -> [L, B, H, Dh]: one concat and one transpose instead of a stack of L
+        new_k = torch.cat(new_k, dim=2).permute(2, 0, 1, 3)
+        new_v = torch.cat(new_v, dim=2).permute(2, 0, 1, 3)
+        return self.ar_predict_layer(x), new_k, new_v
 
     # ---------------------------------------------------------------- training
     def forward_train(

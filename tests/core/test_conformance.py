@@ -113,15 +113,15 @@ def _run_s1_infer(model: Text2SemanticGPT, z, meta):
                            max_tokens=min(int(p["early_stop_num"]) + 1, 1500) if int(p["early_stop_num"]) >= 0 else 1500)
     logits, k, v, lens = model.prefill(phones, torch.tensor([phones.shape[1]]), bert, prompt, torch.tensor([prompt.shape[1]]))
     cap = int(lens[0]) + opts.max_tokens + 1
-    kc = torch.zeros(k.shape[0], 1, cap, k.shape[3])
+    kc = torch.zeros(*k.shape[:3], cap, k.shape[4])  # [L, 1, H, T, Dh]
     vc = torch.zeros_like(kc)
-    kc[:, :, : k.shape[2]], vc[:, :, : v.shape[2]] = k, v
+    kc[:, :, :, : k.shape[3]], vc[:, :, :, : v.shape[3]] = k, v
     sampler = RowSampler.start(opts, make_generator(0), prompt[0])
     all_logits = [logits[0]]
     token, pos, n = sampler.step(logits[0]), prompt.shape[1], int(lens[0])
     while token is not None and not sampler.finished:
         lg, nk, nv = model.decode_step(torch.tensor([token]), torch.tensor([pos]), kc, vc, torch.tensor([n]))
-        kc[:, 0, n], vc[:, 0, n] = nk[:, 0], nv[:, 0]
+        kc[:, 0, :, n], vc[:, 0, :, n] = nk[:, 0], nv[:, 0]
         n, pos = n + 1, pos + 1
         all_logits.append(lg[0])
         token = sampler.step(lg[0])

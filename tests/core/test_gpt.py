@@ -24,7 +24,7 @@ def test_decode_step_matches_full_recompute(ty):
     model = tiny_gpt()
     phones, bert, prompt = _row(1, 11, ty)
     logits, k, v, lens = _prefill_one(model, phones, bert, prompt)
-    cache = KVCache(model.cfg.n_layer, model.cfg.hidden_dim, "cpu")
+    cache = KVCache(model.cfg.n_layer, model.cfg.n_head, model.cfg.hidden_dim // model.cfg.n_head, "cpu")
     cache.add_rows(k, v, lens)
     generated = []
     for step in range(6):
@@ -51,12 +51,12 @@ def test_batch_of_three_rows_equals_single_runs():
         phones[i, : p.numel()], bert[i, :, : p.numel()], prompt[i, : y.numel()] = p, b, y
     logits, k, v, lens = model.prefill(phones, torch.tensor([r[0].numel() for r in rows]), bert, prompt,
                                        torch.tensor([r[2].numel() for r in rows]))
-    batch = KVCache(model.cfg.n_layer, model.cfg.hidden_dim, "cpu")
+    batch = KVCache(model.cfg.n_layer, model.cfg.n_head, model.cfg.hidden_dim // model.cfg.n_head, "cpu")
     batch.add_rows(k, v, lens)
     singles = []
     for p, b, y in rows:
         lg, kk, vv, ll = _prefill_one(model, p, b, y)
-        c = KVCache(model.cfg.n_layer, model.cfg.hidden_dim, "cpu")
+        c = KVCache(model.cfg.n_layer, model.cfg.n_head, model.cfg.hidden_dim // model.cfg.n_head, "cpu")
         c.add_rows(kk, vv, ll)
         singles.append([lg, c, y.numel()])
     for i in range(n):
@@ -76,12 +76,12 @@ def test_batch_of_three_rows_equals_single_runs():
     # rows leaving the batch keep the others intact
     batch.remove_rows([1])
     assert batch.rows == 2 and batch.lengths.tolist() == [singles[0][1].lengths.item(), singles[2][1].lengths.item()]
-    torch.testing.assert_close(batch.k[:, 1, : batch.lengths[1]], singles[2][1].k[:, 0, : batch.lengths[1]])
+    torch.testing.assert_close(batch.k[:, 1, :, : batch.lengths[1]], singles[2][1].k[:, 0, :, : batch.lengths[1]])
 
 
 def test_kv_cache_grows_and_shrinks():
-    cache = KVCache(2, 8, "cpu")
-    k = torch.randn(2, 2, 200, 8)
+    cache = KVCache(2, 2, 4, "cpu")
+    k = torch.randn(2, 2, 2, 200, 4)
     cache.add_rows(k, k.clone(), torch.tensor([200, 50]))
     assert cache.capacity >= 201
     cache.remove_rows([0])
