@@ -166,8 +166,13 @@ def _settle() -> None:
     time.sleep(SETTLE_S)
 
 
-def _interleaved_ms(fns: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Each round runs every backend's ``fn`` once (after a settle); returns name -> times in ms."""
+def _interleaved_ms(fns: dict, repeats: int, warmup: int, wake: bool = False) -> dict[str, list[float]]:
+    """Each round runs every backend's ``fn`` once (after a settle); returns name -> times in ms.
+
+    ``wake``: run ``fn`` once untimed right before the timed call.  A decode step is one of a
+    back-to-back loop in service; after the settle pause the runtime's threads are asleep, and the
+    first step pays their wake-up (measured: ORT INT8 batch 1 went from 4.5 to 8-14 ms median).
+    """
     times: dict[str, list[float]] = {n: [] for n in fns}
     for name, fn in fns.items():
         for _ in range(warmup):
@@ -175,6 +180,8 @@ def _interleaved_ms(fns: dict, repeats: int, warmup: int) -> dict[str, list[floa
     for _ in range(repeats):
         for name, fn in fns.items():
             _settle()
+            if wake:
+                fn()
             t0 = time.perf_counter()
             fn()
             times[name].append(1e3 * (time.perf_counter() - t0))
@@ -223,7 +230,7 @@ def bench_all(bundle, names: list[str], args, threads: int, probe: BandwidthProb
         out[n].update(gpt_decode_ms_per_token={}, gpt_decode_ms_per_step={}, gpt_decode_ms_per_step_min={})
     for b in (int(x) for x in args.batches.split(",")):
         loops = {n: _DecodeLoop(g, cfg, b, args.context, gen) for n, (g, _) in opened.items()}
-        t = _interleaved_ms(loops, args.steps, args.warmup)
+        t = _interleaved_ms(loops, args.steps, args.warmup, wake=True)
         for n in names:
             ms = statistics.median(t[n])
             out[n]["gpt_decode_ms_per_step"][str(b)] = ms
@@ -314,7 +321,10 @@ def _goals(r: dict) -> dict:
         ratio = b["onnx"]["gpt_decode_b1_vs_floor"]["ratio"]
         g["ort_fp32_decode_b1_vs_floor"] = {"value": ratio, "goal_max": GOALS["ort_fp32_decode_b1_vs_floor_max"],
                                             "met": ratio <= GOALS["ort_fp32_decode_b1_vs_floor_max"],
-                                            "method": "median over pairs (step, bandwidth sample right after)"}
+                                            "method": "median over pairs (step, bandwidth sample right after)",
+                                            # the same step timed in the interleaved loop, over the floor of the run's start
+                                            "interleaved_vs_start_floor": b["onnx"]["gpt_decode_ms_per_step"]["1"]
+                                            / r["bandwidth_floor_ms"]}
     if "onnx" in b and "onnx-int8" in b:
         s = b["onnx"]["gpt_decode_ms_per_step"]["1"] / b["onnx-int8"]["gpt_decode_ms_per_step"]["1"]
         g["int8_vs_fp32_decode_speedup"] = {"value": s, "goal_min": GOALS["int8_vs_fp32_decode_speedup_min"],
