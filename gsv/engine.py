@@ -30,6 +30,14 @@ from gsv.session import DecodeJob, Session
 
 log = logging.getLogger(__name__)
 
+# A prefill of several requests takes them in one batch only up to this many positions (phones +
+# prompt tokens summed over rows): a prefill stalls every live row's next step, and its cost grows
+# with the positions (full size on 2 cores: ~0.5 ms per position), so bigger batches are split
+# over iterations.  A single request is always admitted, however long.
+PREFILL_POSITION_BUDGET = 768
+# Minimum useful fraction (real frames / padded frames) of a batched decoder call.
+DECODE_BATCH_FILL = 0.8
+
 
 class EngineObserver:
     """Hooks where metrics and logs are emitted (no-ops by default)."""
@@ -136,12 +144,19 @@ class Engine:
     def _admit(self) -> bool:
         with self.cv:
             batch = []
+            positions = 0
             while self.waiting and len(self.rows) + len(batch) < self.max_live:
-                s = self.waiting.popleft()
+                s = self.waiting[0]
                 if s.cancelled or s.expired(time.monotonic()):
+                    self.waiting.popleft()
                     self._finish_now(s, "cancelled" if s.cancelled else "deadline")
                     continue
+                n = s.prefill_positions()
+                if batch and positions + n > PREFILL_POSITION_BUDGET:
+                    break  # the rest are admitted next iteration, after one decode step of the live rows
+                self.waiting.popleft()
                 batch.append(s)
+                positions += n
         if not batch:
             return False
         t0 = time.perf_counter()
@@ -300,9 +315,7 @@ class Engine:
                     heads.append((s, q[0]))
             decodes = [(s, j) for s, j in heads if isinstance(j, DecodeJob)]
             decodes.sort(key=lambda sj: (not sj[1].first, sj[1].deadline, sj[1].created))
-            batch = [sj for sj in decodes if sj[1].session.options.speed == 1.0][: self.max_decode_batch]
-            if not batch and decodes:
-                batch = decodes[:1]
+            batch = self._pick_decode_batch(decodes)
             for s, j in batch:
                 self.queues[s].popleft()
             markers_before = [(s, j) for s, j in heads if isinstance(j, _Marker)]
@@ -330,6 +343,30 @@ class Engine:
         self.observer.on_decode(len(batch), seconds, total / C.SAMPLE_RATE)
         # markers that became heads behind the decoded jobs are handled on the next call
         return True
+
+    def _pick_decode_batch(self, decodes: list) -> list:
+        """The most urgent window plus others that batch with it without much padding.
+
+        Windows are padded to the longest in the batch, and on a CPU the vocoder is compute-bound
+        (a batch costs its padded length); so a window joins only while the batch stays at least
+        DECODE_BATCH_FILL useful.  Speed != 1 windows are decoded alone (their frame count differs).
+        """
+        if not decodes:
+            return []
+        head = decodes[0]
+        batch, useful, longest = [head], head[1].codes.numel(), head[1].codes.numel()
+        if head[1].session.options.speed != 1.0:
+            return batch
+        for sj in decodes[1:]:
+            if len(batch) >= self.max_decode_batch:
+                break
+            n = sj[1].codes.numel()
+            if sj[1].session.options.speed != 1.0:
+                continue
+            if (useful + n) / ((len(batch) + 1) * max(longest, n)) >= DECODE_BATCH_FILL:
+                batch.append(sj)
+                useful, longest = useful + n, max(longest, n)
+        return batch
 
     def _run_decoder(self, jobs: list[DecodeJob]) -> list[np.ndarray]:
         b = len(jobs)

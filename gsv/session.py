@@ -163,6 +163,11 @@ class Session:
         bert = torch.cat([v.prompt_bert, s.bert], dim=1)
         return phones, bert, v.prompt_tokens
 
+    def prefill_positions(self) -> int:
+        """Length of the current segment's prefill: prompt phones + segment phones + prompt tokens."""
+        v = self.voice
+        return len(v.prompt_phones) + len(self.segment.phones) + int(v.prompt_tokens.numel())
+
     def push_token(self, token: int, noise_channels: int) -> None:
         self.total_tokens += 1
         self.audio_pos += 1

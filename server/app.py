@@ -60,7 +60,7 @@ def build_state(config: ServerConfig) -> ServerState:
 
     bundle = Bundle.open(config.bundle)
     backend = config.backend or default_backend(bundle)
-    gpt, audio = open_backends(bundle, backend, device=config.device, threads=config.threads)
+    gpt, audio = open_backends(bundle, backend, device=config.device, threads=config.thread_plan())
     metrics = ServerMetrics()
     engine = Engine(gpt, audio, max_live=config.max_live, max_decode_batch=config.max_decode_batch, observer=metrics)
     text = TextPreparer.from_bundle(bundle)

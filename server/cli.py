@@ -28,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8", "onnx-fp16", "trt"], default=None,
                    help="default: onnx when the bundle has ONNX graphs, torch otherwise")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="compute threads of both stages (default: all cores)")
+    p.add_argument("--ar-threads", type=int, default=None,
+                   help="threads of the GPT (AR) stage (default: --threads, else all cores)")
+    p.add_argument("--decoder-threads", type=int, default=None,
+                   help="threads of the decoder+vocoder stage (default: --threads, else all cores)")
     p.add_argument("--max-live", type=int, default=8, help="requests generating at once (GPT batch rows)")
     p.add_argument("--max-queue", type=int, default=16, help="admitted requests waiting beyond --max-live")
     p.add_argument("--max-decode-batch", type=int, default=4)
@@ -57,7 +61,8 @@ def config_from_args(args):
     try:
         return ServerConfig(bundle=args.bundle, voices=args.voices, port=args.port, host=args.host,
                             metrics_port=args.metrics_port, backend=args.backend, device=args.device,
-                            threads=args.threads, max_live=args.max_live, max_queue=args.max_queue,
+                            threads=args.threads, ar_threads=args.ar_threads,
+                            decoder_threads=args.decoder_threads, max_live=args.max_live, max_queue=args.max_queue,
                             max_decode_batch=args.max_decode_batch, max_text_chars=args.max_text_chars,
                             max_audio_seconds=args.max_audio_seconds, drain_grace_seconds=args.grace,
                             tls_cert=args.tls_cert, tls_key=args.tls_key, tokens=tokens,

@@ -15,12 +15,32 @@ Sampling is never inside a backend: every row has its own parameters and random 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 
 from gsv.models.config import GPTConfig, SoVITSConfig
 
 CACHE_GROWTH = 128  # positions added when a row outgrows the cache (bounded attention waste)
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """CPU threads of the GPT graphs and of the audio graphs (None = all cores).
+
+    A server runs the two stages at once on one machine; ``audio_spinning=False`` makes the audio
+    graphs' idle threads sleep instead of spinning, so the two stages share the cores instead of
+    fighting over them.
+    """
+
+    gpt: int | None = None
+    audio: int | None = None
+    audio_spinning: bool = True
+
+    def __post_init__(self):
+        for n in (self.gpt, self.audio):
+            if n is not None and n < 1:
+                raise ValueError("thread counts must be >= 1")
 
 
 class GPTBackend(ABC):

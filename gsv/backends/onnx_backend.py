@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gsv.backends.base import AudioBackend, GPTBackend
+from gsv.backends.base import AudioBackend, GPTBackend, ThreadPlan
 from gsv.errors import BundleError, GsvError
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ def latent_frames(tokens: int, speed: float) -> int:
 class OrtGraph:
     """One ONNX graph in an ORT session: ``run(dict of torch tensors) -> list of torch tensors``."""
 
-    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None, trt_cache: Path | None = None):
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None, trt_cache: Path | None = None,
+                 spinning: bool = True):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -68,6 +69,10 @@ class OrtGraph:
         # harmful after it, when they would take the cores from torch (sampling, cache writes) or from
         # the next graph's own pool (measured: a torch pass right after a run lost a third of its speed)
         so.add_session_config_entry("session.force_spinning_stop", "1")
+        if not spinning:
+            # Never spin, even inside a run: for a graph of few large nodes (the vocoder's convolutions)
+            # that runs beside another graph on the same cores, spinning would only steal their time
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if kind == "cpu":
             providers = ["CPUExecutionProvider"]
         elif kind == "cuda":
@@ -244,8 +249,9 @@ def find_artifact(bundle, graph: str, precision: str, kind: str = "onnx") -> dic
                       f"run: gsv-export --bundle {bundle.path} --precision {precision}")
 
 
-def open_onnx_backends(bundle, name: str = "onnx", device: str = "cpu", threads: int | None = None):
+def open_onnx_backends(bundle, name: str = "onnx", device: str = "cpu", threads: "ThreadPlan | int | None" = None):
     """(OnnxGPTBackend, OnnxAudioBackend) of an opened bundle for backend ``name`` (onnx, onnx-int8, onnx-fp16)."""
+    plan = threads if isinstance(threads, ThreadPlan) else ThreadPlan(threads, threads)
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -253,7 +259,8 @@ def open_onnx_backends(bundle, name: str = "onnx", device: str = "cpu", threads:
     precision = PRECISION_OF[name]
     paths = {g: bundle.path / find_artifact(bundle, g, precision)["file"] for g in GPT_GRAPHS + AUDIO_GRAPHS}
     trt_cache = bundle.path / "trt" / "ort-ep-cache" if device.startswith("tensorrt") else None
-    graphs = {g: OrtGraph(p, device, threads, trt_cache) for g, p in paths.items()}
+    graphs = {g: OrtGraph(p, device, plan.gpt if g in GPT_GRAPHS else plan.audio, trt_cache,
+                          spinning=plan.audio_spinning or g in GPT_GRAPHS) for g, p in paths.items()}
     log.info("onnx backend %s on %s: %s", name, device, {g: p.name for g, p in paths.items()})
     gpt = OnnxGPTBackend(bundle.gpt_config, graphs["gpt_prefill"], graphs["gpt_decode"], name)
     audio = OnnxAudioBackend(bundle.sovits_config, graphs["sovits_window"], graphs["vocoder"], name)

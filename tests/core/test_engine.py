@@ -140,3 +140,68 @@ def test_open_input_segments_arrive_later(backends):
     eng.run(s)
     assert s.finish_reason == "completed" and s.seg_index == 1
     assert out[-1].final
+
+
+class _Recorder:
+    """Observer recording prefill and decoder batch sizes."""
+
+    def __init__(self):
+        self.prefills, self.decodes = [], []
+
+    def on_admitted(self, *a): ...
+    def on_started(self, *a): ...
+    def on_ar_step(self, *a): ...
+    def on_tokens(self, *a): ...
+    def on_chunk(self, *a): ...
+    def on_finished(self, *a): ...
+
+    def on_prefill(self, rows, seconds):
+        self.prefills.append(rows)
+
+    def on_decode(self, rows, seconds, audio_seconds):
+        self.decodes.append(rows)
+
+
+def test_prefill_position_budget_splits_admission(backends, monkeypatch):
+    import gsv.engine as E
+
+    # each test request prefills 9 prompt phones + 7 or 10 segment phones + 12 prompt tokens = 28..31
+    monkeypatch.setattr(E, "PREFILL_POSITION_BUDGET", 60)
+    rec = _Recorder()
+    eng = Engine(*backends, max_live=4, observer=rec)
+    sessions = []
+    for sd in range(4):
+        opts = SynthesisOptions(sampling=SamplingOptions(seed=sd, max_tokens=12, top_k=5))
+        s = Session(f"p{sd}", make_voice(sd), make_segments(sd, n=1), opts, sink=lambda c: None)
+        eng.submit(s)
+        sessions.append(s)
+    eng.ar_step()
+    assert rec.prefills == [2] and eng.live == 2  # 2 x 28 fits 60, a third would not
+    eng.ar_step()
+    assert rec.prefills == [2, 2] and eng.live == 4
+    # a single request longer than the budget is still admitted alone
+    monkeypatch.setattr(E, "PREFILL_POSITION_BUDGET", 1)
+    rec2 = _Recorder()
+    eng2 = Engine(*backends, max_live=4, observer=rec2)
+    for sd in range(2):
+        opts = SynthesisOptions(sampling=SamplingOptions(seed=sd, max_tokens=12, top_k=5))
+        eng2.submit(Session(f"q{sd}", make_voice(sd), make_segments(sd, n=1), opts, sink=lambda c: None))
+    eng2.ar_step()
+    eng2.ar_step()
+    assert rec2.prefills == [1, 1]
+
+
+def test_decoder_batches_only_windows_of_similar_length(backends):
+    from types import SimpleNamespace
+
+    eng = Engine(*backends, max_decode_batch=4)
+
+    def job(n, speed=1.0):
+        return (None, SimpleNamespace(codes=torch.zeros(n), session=SimpleNamespace(options=SimpleNamespace(speed=speed))))
+
+    picked = eng._pick_decode_batch([job(30), job(28), job(10), job(31), job(29), job(30)])
+    assert [j.codes.numel() for _, j in picked] == [30, 28, 31, 29]  # the short window would be mostly padding
+    assert len(eng._pick_decode_batch([job(10), job(40)])) == 1
+    assert len(eng._pick_decode_batch([job(20, speed=1.2), job(20)])) == 1  # speed != 1 decodes alone
+    assert [j.codes.numel() for _, j in eng._pick_decode_batch([job(20), job(20, speed=0.8), job(20)])] == [20, 20]
+    assert eng._pick_decode_batch([]) == []

@@ -137,3 +137,22 @@ def test_client_that_stops_reading_is_cut_off(tiny_full_bundle, tmp_path):
             assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         srv.stop()
+
+
+def test_thread_plan_of_the_two_stages(tmp_path):
+    from gsv.backends.base import ThreadPlan
+    from server.cli import build_parser, config_from_args
+
+    def plan(*flags):
+        return config_from_args(build_parser().parse_args(["--bundle", "b", "--voices", "v", *flags])).thread_plan()
+
+    assert plan() == ThreadPlan(None, None, audio_spinning=False)  # all cores each; decoder threads sleep when idle
+    assert plan("--threads", "2") == ThreadPlan(2, 2, audio_spinning=False)
+    assert plan("--threads", "2", "--ar-threads", "1") == ThreadPlan(1, 2, audio_spinning=False)
+    assert plan("--decoder-threads", "3") == ThreadPlan(None, 3, audio_spinning=False)
+    from gsv.errors import GsvError
+
+    with pytest.raises(GsvError, match="thread counts"):
+        plan("--ar-threads", "0")
+    with pytest.raises(ValueError):
+        ThreadPlan(gpt=0)
