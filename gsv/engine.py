@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # with the positions (full size on 2 cores: ~0.5 ms per position), so bigger batches are split
 # over iterations.  A single request is always admitted, however long.
 PREFILL_POSITION_BUDGET = 768
+# An early (shorter) chunk is cut when a stream's listener would otherwise run out of audio within
+# the estimated decode time of the next window plus this margin (seconds).
+DEADLINE_MARGIN_S = 0.15
 # Minimum useful fraction (real frames / padded frames) of a batched decoder call.
 DECODE_BATCH_FILL = 0.8
 
@@ -62,7 +65,10 @@ class _Marker:
 
 class Engine:
     def __init__(self, gpt: GPTBackend, audio: AudioBackend, *, max_live: int = 8, max_decode_batch: int = 4,
-                 observer: EngineObserver | None = None):
+                 observer: EngineObserver | None = None, deadline_chunks: bool = False):
+        """``deadline_chunks``: cut a shorter chunk when a stream's listener (playing since its first
+        audio) would run dry before the planned chunk is decoded.  For live serving; off by default
+        because it makes chunk boundaries depend on timing (offline output stays reproducible)."""
         if gpt.config.vocab_size != audio.config.codebook_size + 1:
             raise ValueError("GPT vocabulary and SoVITS codebook do not match")
         self.gpt, self.audio = gpt, audio
@@ -74,6 +80,8 @@ class Engine:
         self.cv = threading.Condition()
         self.queues: dict[Session, deque] = {}  # per-session FIFO of DecodeJob/_Marker
         self.noise_channels = audio.config.inter_channels
+        self.deadline_chunks = deadline_chunks
+        self.decode_s_per_token = 0.0  # moving average over decoder calls (window tokens, padding included)
 
     # ------------------------------------------------------------------ admission
     def submit(self, session: Session) -> None:
@@ -199,7 +207,8 @@ class Engine:
     def _schedule(self, s: Session) -> None:
         tokens = s.sampler.tokens
         jobs = []
-        while (w := s.assembler.next_window(len(tokens), s.seg_finished)) is not None:
+        urgent = self._urgent(s)
+        while (w := s.assembler.next_window(len(tokens), s.seg_finished, urgent)) is not None:
             frames = int(2 * (w.w1 - w.w0) / s.options.speed) + 1 if s.options.speed != 1.0 else 2 * (w.w1 - w.w0)
             jobs.append(DecodeJob(s, s.seg_index, w, torch.tensor(tokens[w.w0 : w.w1], dtype=torch.long),
                                   s.window_noise(w, frames, self.noise_channels), time.monotonic(),
@@ -220,6 +229,18 @@ class Engine:
                 s.inflight += sum(isinstance(j, DecodeJob) for j in jobs)
                 q.extend(jobs)
                 self.cv.notify_all()
+
+    def _urgent(self, s: Session) -> bool:
+        """Would the listener run dry before the next planned window could be decoded?"""
+        if not self.deadline_chunks or s.t_first_audio is None or s.inflight:
+            return False
+        p = s.assembler.policy
+        pending = len(s.sampler.tokens) - s.assembler.scheduled
+        window = p.left_context_tokens + pending + p.lookahead_tokens
+        remaining = s.playback_deadline() - time.monotonic()
+        # already dry: a shorter window no longer saves the listener and only adds decoder work
+        # (under overload every stream would otherwise be cut to the smallest, least efficient chunks)
+        return 0.0 < remaining < window * self.decode_s_per_token + DEADLINE_MARGIN_S
 
     def _end_rows(self, ended: list[int]) -> None:
         if not ended:
@@ -333,6 +354,9 @@ class Engine:
                 s.finish("error", e)
             return True
         seconds = time.perf_counter() - t0
+        padded = len(batch) * max(j.codes.numel() for _, j in batch)
+        rate = seconds / max(padded, 1)
+        self.decode_s_per_token = rate if not self.decode_s_per_token else 0.8 * self.decode_s_per_token + 0.2 * rate
         total = 0
         for (s, j), audio in zip(batch, audios):
             with s.lock:

@@ -22,20 +22,24 @@ class ChunkPolicy:
     """Chunk sizes in semantic tokens (1 token = 40 ms)."""
 
     # Chunk k must be produced (its tokens generated and its window decoded) while the audio already
-    # sent plays.  A second chunk as small as the first, then growth 1.5, keeps that true at one
-    # stream on 2 cores (full size: ~22 ms per token end to end, ~90 ms per window of fixed cost);
-    # a second chunk twice the first underran once per request there (measured: 8/8 requests).
-    first_chunk_tokens: int = 10
+    # sent plays.  Full size on 2 cores, one stream: ~24 ms per token end to end and ~100 ms of fixed
+    # cost per window (its left context), so a chunk only gains buffer above ~15 tokens.  A second
+    # chunk twice the first (8 then 16) underran once per request (8/8); 10 then 10 left 60-80 ms of
+    # slack at chunks 2-3; 12 then 10 adds one more 2-token margin for ~50 ms more first-audio time.
+    first_chunk_tokens: int = 12
     chunk_tokens: int = 10  # second chunk; later chunks grow by `growth` up to max_chunk_tokens
     growth: float = 1.5
     max_chunk_tokens: int = 48
     left_context_tokens: int = 12
     lookahead_tokens: int = 3
     crossfade_samples: int = 640
+    min_chunk_tokens: int = 4  # smallest early chunk cut when a listener would otherwise run dry
 
     def __post_init__(self):
         if self.first_chunk_tokens < 1 or self.chunk_tokens < 1 or self.max_chunk_tokens < self.chunk_tokens:
             raise OptionError("chunk sizes must be positive and max_chunk_tokens >= chunk_tokens")
+        if self.min_chunk_tokens < 1:
+            raise OptionError("min_chunk_tokens must be >= 1")
         if self.left_context_tokens < 1 or self.lookahead_tokens < 0 or self.growth < 1.0:
             raise OptionError("left context must be >= 1 token, lookahead >= 0, growth >= 1")
         if not 0 < self.crossfade_samples <= self.left_context_tokens * C.SAMPLES_PER_TOKEN:
@@ -84,8 +88,12 @@ class SegmentAssembler:
         self.tail = np.zeros(0, dtype=np.float32)  # rendering of the last `crossfade` samples before `emitted`
         self.done = False
 
-    def next_window(self, available: int, finished: bool) -> Window | None:
-        """The next window to decode given ``available`` tokens, or None when not ready."""
+    def next_window(self, available: int, finished: bool, urgent: bool = False) -> Window | None:
+        """The next window to decode given ``available`` tokens, or None when not ready.
+
+        ``urgent``: the listener will run out of audio before the planned chunk could be ready, so
+        cut a shorter one now from what is there (at least ``min_chunk_tokens``, lookahead kept).
+        """
         if self.done:
             return None
         p = self.policy
@@ -96,9 +104,12 @@ class SegmentAssembler:
                 return None  # nothing left to decode: the caller flushes the held tail with finish()
             end = start + size if available - start > size + p.lookahead_tokens else available
         else:
-            if available - start < size + p.lookahead_tokens:
+            if available - start >= size + p.lookahead_tokens:
+                end = start + size
+            elif urgent and available - start - p.lookahead_tokens >= p.min_chunk_tokens:
+                end = available - p.lookahead_tokens
+            else:
                 return None
-            end = start + size
         final = finished and end == available
         w0 = max(0, start - p.left_context_tokens)
         w1 = min(available, end + p.lookahead_tokens)

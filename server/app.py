@@ -62,7 +62,8 @@ def build_state(config: ServerConfig) -> ServerState:
     backend = config.backend or default_backend(bundle)
     gpt, audio = open_backends(bundle, backend, device=config.device, threads=config.thread_plan())
     metrics = ServerMetrics()
-    engine = Engine(gpt, audio, max_live=config.max_live, max_decode_batch=config.max_decode_batch, observer=metrics)
+    engine = Engine(gpt, audio, max_live=config.max_live, max_decode_batch=config.max_decode_batch, observer=metrics,
+                    deadline_chunks=config.deadline_chunks)
     text = TextPreparer.from_bundle(bundle)
     preparer = make_voice_preparer(bundle, text)
     registry = VoiceRegistry(VoiceStore(config.voices), preparer, bundle.bundle_id, scoped=bool(config.tokens))

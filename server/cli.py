@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-live", type=int, default=8, help="requests generating at once (GPT batch rows)")
     p.add_argument("--max-queue", type=int, default=16, help="admitted requests waiting beyond --max-live")
     p.add_argument("--max-decode-batch", type=int, default=4)
+    p.add_argument("--no-deadline-chunks", action="store_true",
+                   help="never cut a shorter chunk when a listener would run dry (fixed chunk boundaries)")
     p.add_argument("--max-text-chars", type=int, default=2000)
     p.add_argument("--max-audio-seconds", type=float, default=120.0)
     p.add_argument("--grace", type=float, default=30.0, help="seconds to let in-flight streams finish on SIGTERM")
@@ -63,7 +65,8 @@ def config_from_args(args):
                             metrics_port=args.metrics_port, backend=args.backend, device=args.device,
                             threads=args.threads, ar_threads=args.ar_threads,
                             decoder_threads=args.decoder_threads, max_live=args.max_live, max_queue=args.max_queue,
-                            max_decode_batch=args.max_decode_batch, max_text_chars=args.max_text_chars,
+                            max_decode_batch=args.max_decode_batch,
+                            deadline_chunks=not args.no_deadline_chunks, max_text_chars=args.max_text_chars,
                             max_audio_seconds=args.max_audio_seconds, drain_grace_seconds=args.grace,
                             tls_cert=args.tls_cert, tls_key=args.tls_key, tokens=tokens,
                             reflection=not args.no_reflection)

@@ -6,8 +6,11 @@ import torch
 from gsv.backends.base import AudioBackend, GPTBackend
 
 
-class TorchGPTBackend(GPTBackend):
+class _EagerModel:
+    """An eager model in eval mode on one device; ``_loader`` names the Bundle method that loads it."""
+
     name = "torch"
+    _loader = ""
 
     def __init__(self, model, device="cpu"):
         self.model = model.eval()
@@ -15,8 +18,12 @@ class TorchGPTBackend(GPTBackend):
         self.device = torch.device(device)
 
     @classmethod
-    def from_bundle(cls, bundle, device="cpu") -> "TorchGPTBackend":
-        return cls(bundle.load_gpt(device), device)
+    def from_bundle(cls, bundle, device="cpu"):
+        return cls(getattr(bundle, cls._loader)(device), device)
+
+
+class TorchGPTBackend(_EagerModel, GPTBackend):
+    _loader = "load_gpt"
 
     @torch.inference_mode()
     def prefill(self, phones, phone_lens, bert, prompt, prompt_lens):
@@ -29,17 +36,8 @@ class TorchGPTBackend(GPTBackend):
         return self.model.decode_step(tokens.to(d), positions.to(d), k_cache, v_cache, kv_lens.to(d))
 
 
-class TorchAudioBackend(AudioBackend):
-    name = "torch"
-
-    def __init__(self, model, device="cpu"):
-        self.model = model.eval()
-        self.config = model.cfg
-        self.device = torch.device(device)
-
-    @classmethod
-    def from_bundle(cls, bundle, device="cpu") -> "TorchAudioBackend":
-        return cls(bundle.load_sovits(device), device)
+class TorchAudioBackend(_EagerModel, AudioBackend):
+    _loader = "load_sovits"
 
     @torch.inference_mode()
     def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0) -> torch.Tensor:

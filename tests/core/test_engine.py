@@ -205,3 +205,38 @@ def test_decoder_batches_only_windows_of_similar_length(backends):
     assert len(eng._pick_decode_batch([job(20, speed=1.2), job(20)])) == 1  # speed != 1 decodes alone
     assert [j.codes.numel() for _, j in eng._pick_decode_batch([job(20), job(20, speed=0.8), job(20)])] == [20, 20]
     assert eng._pick_decode_batch([]) == []
+
+
+def test_assembler_cuts_an_early_window_only_when_urgent():
+    from gsv.streaming import SegmentAssembler
+
+    p = ChunkPolicy(first_chunk_tokens=10, chunk_tokens=10, lookahead_tokens=3, min_chunk_tokens=4)
+    a = SegmentAssembler(p)
+    assert a.next_window(12, False) is None  # 10 + 3 lookahead not there yet
+    w = a.next_window(9, False, urgent=True)
+    assert (w.start, w.end, w.w1) == (0, 6, 9)  # what is there, lookahead kept
+    assert a.next_window(12, False, urgent=True) is None  # 12 - 6 - 3 < 4 tokens: not worth a window
+    w = a.next_window(13, False, urgent=True)
+    assert (w.start, w.end) == (6, 10)
+
+
+def test_deadline_chunks_keep_every_sample(backends, monkeypatch):
+    import gsv.engine as E
+
+    def run(deadline_chunks):
+        chunks = []
+        opts = SynthesisOptions(sampling=SamplingOptions(seed=3, max_tokens=40, top_k=5))
+        s = Session("d", make_voice(3), make_segments(3, n=1), opts, sink=chunks.append)
+        eng = Engine(*backends, deadline_chunks=deadline_chunks)
+        eng.submit(s)
+        eng.run(s)
+        return s, chunks
+
+    monkeypatch.setattr(E, "DEADLINE_MARGIN_S", 1e6)  # every listener is always about to run dry
+    s1, urgent = run(True)
+    s2, planned = run(False)
+    assert s1.finish_reason == s2.finish_reason == "completed"
+    assert len(urgent) > len(planned)  # shorter chunks were cut as soon as min_chunk_tokens were there
+    assert audio_of(urgent).size == audio_of(planned).size
+    starts = np.cumsum([0] + [c.samples.size for c in urgent[:-1]])
+    assert [c.start_sample for c in urgent] == starts.tolist()
