@@ -31,16 +31,9 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(module).add_arguments(p)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from gsv.errors import GsvError
+    from gsv.errors import run_command
 
-    try:
-        return int(importlib.import_module(args.module).run(args) or 0)
-    except GsvError as e:
-        print(f"gsv-bench: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("gsv-bench: interrupted", file=sys.stderr)
-        return 130
+    return run_command("gsv-bench", lambda: importlib.import_module(args.module).run(args))
 
 
 if __name__ == "__main__":

@@ -80,10 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                     w.setnchannels(1)
                     w.setsampwidth(2)
                     w.setframerate(r.sample_rate)
-    except TtsError as e:
-        print(f"gsv-say: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
+    except (TtsError, OSError) as e:
         print(f"gsv-say: error: {e}", file=sys.stderr)
         return 1
     out = {"ttfa_ms": round(r.ttfa_ms, 1) if r.ttfa_ms is not None else None, "total_ms": round(r.total_ms, 1),

@@ -62,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "reference_text": v.reference_text}, ensure_ascii=False))
             else:
                 client.delete_voice(args.voice)
-    except TtsError as e:
-        print(f"gsv-voices: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
+    except (TtsError, OSError) as e:
         print(f"gsv-voices: error: {e}", file=sys.stderr)
         return 1
     return 0

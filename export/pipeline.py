@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from gsv.checkpoint.bundle import Bundle, sha256_file, update_manifest
+from gsv.checkpoint.bundle import Bundle, replace_dir, sha256_file, update_manifest
 from gsv.errors import BundleError, GsvError
 
 from export import verify as V
@@ -285,12 +285,7 @@ def _swap_dir(live: Path, staged: Path) -> None:
                 shutil.copytree(item, target, copy_function=_link_or_copy)
             else:
                 _link_or_copy(item, target)
-        old = live.with_name(f".{live.name}.old-{os.getpid()}")
-        os.replace(live, old)
-        os.replace(staged, live)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, live)
+    replace_dir(staged, live)
 
 
 def _link_or_copy(src, dst) -> None:

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
-from gsv.errors import GsvError
+from gsv.errors import GsvError, run_command
 
 log = logging.getLogger("gsv")
 
@@ -69,14 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except GsvError as e:
-        print(f"gsv: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("gsv: interrupted", file=sys.stderr)
-        return 130
+    return run_command("gsv", lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -6,11 +6,28 @@ anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class GsvError(Exception):
     """Base class of every user-facing error (CLI exit code 2)."""
 
     exit_code = 2
+
+
+def run_command(prog: str, command: Callable[[], object]) -> int:
+    """A command-line entry point's exit code: ``command()``'s result (None = 0); a GsvError is
+    one ``PROG: error: ...`` line and its exit code, Ctrl-C one line and 130.  Anything else is a
+    bug and keeps its traceback."""
+    try:
+        return int(command() or 0)
+    except GsvError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 class CheckpointError(GsvError):

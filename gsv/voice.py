@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from gsv import constants as C
+from gsv.checkpoint.bundle import replace_dir
 from gsv.errors import AudioError, VoiceError
 
 log = logging.getLogger(__name__)
@@ -179,13 +180,7 @@ class VoiceStore:
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-            if dest.exists():
-                old = self.root / f".tmp-old-{voice.voice_id}-{os.getpid()}"
-                os.replace(dest, old)
-                os.replace(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, dest)
+            replace_dir(tmp, dest, old=self.root / f".tmp-old-{voice.voice_id}-{os.getpid()}")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

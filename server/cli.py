@@ -82,10 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         from server.app import serve
 
         asyncio.run(serve(config_from_args(args)))
-    except GsvError as e:
-        print(f"gsv-serve: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
+    except (GsvError, OSError) as e:  # bad config, or the port/files cannot be opened
         print(f"gsv-serve: error: {e}", file=sys.stderr)
         return 2
     return 0

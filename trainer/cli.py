@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
-from gsv.errors import GsvError
+from gsv.errors import GsvError, run_command
 
 log = logging.getLogger("trainer")
 
@@ -197,14 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "speechbrain", "matplotlib", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        return int(args.func(args) or 0)
-    except GsvError as e:
-        print(f"gsv-train: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("gsv-train: interrupted", file=sys.stderr)
-        return 130
+    return run_command("gsv-train", lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,17 @@ def _padding(kernel: int, dilation: int = 1) -> int:
     return (kernel * dilation - dilation) // 2
 
 
+def _scores_and_features(convs: nn.ModuleList, post: nn.Module, x: torch.Tensor):
+    """Leaky-ReLU conv stack then the score conv: (flattened scores [B, N], every layer's output)."""
+    fmap = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        fmap.append(x)
+    x = post(x)
+    fmap.append(x)
+    return torch.flatten(x, 1, -1), fmap
+
+
 class DiscriminatorP(nn.Module):
     def __init__(self, period: int, divisor: int = 1, kernel_size: int = 5, stride: int = 3):
         super().__init__()
@@ -33,19 +44,13 @@ class DiscriminatorP(nn.Module):
 
     def forward(self, x: torch.Tensor):
         """x: [B, 1, T] -> (scores [B, N], feature maps)."""
-        fmap = []
         b, c, t = x.shape
         if t % self.period:
             n_pad = self.period - t % self.period
             x = F.pad(x, (0, n_pad), "reflect")
             t += n_pad
         x = x.view(b, c, t // self.period, self.period)
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _scores_and_features(self.convs, self.conv_post, x)
 
 
 class DiscriminatorS(nn.Module):
@@ -61,13 +66,8 @@ class DiscriminatorS(nn.Module):
         self.conv_post = nn.Conv1d(ch[-1], 1, 3, 1, padding=1)
 
     def forward(self, x: torch.Tensor):
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        """x: [B, 1, T] -> (scores [B, N], feature maps)."""
+        return _scores_and_features(self.convs, self.conv_post, x)
 
 
 class MultiPeriodDiscriminator(nn.Module):

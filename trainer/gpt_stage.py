@@ -134,29 +134,21 @@ class GPTStage(Stage):
         return {"val/loss": ce / max(1, positions), "val/top_3_acc": hits / max(1, count)}
 
     # ------------------------------------------------------------------ weights
-    def state_dict_for_release(self) -> dict[str, torch.Tensor]:
+    def release_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def inference_model(self):
         from gsv.models.gpt import Text2SemanticGPT
 
         m = Text2SemanticGPT(self.arch)
-        m.load_state_dict(self.state_dict_for_release())
+        m.load_state_dict(self.release_state_dict())
         return m.eval()
 
-    def save_weights(self, kind: str, progress: Progress) -> None:
-        from trainer.checkpointing import save_weights, write_gpt_release
+    def write_release(self, kind: str, sd: dict[str, torch.Tensor], epoch: int, step: int, name: str) -> None:
+        from trainer.checkpointing import write_gpt_release
 
-        sd = self.state_dict_for_release()
-        epoch = max(1, progress.epoch - 1) if progress.step_in_epoch == 0 else progress.epoch
-        name = self.cfg.name or self.exp.name
-        meta = {"epoch": str(epoch), "step": str(progress.global_step), "kind": kind}
-        if kind in ("best", "last"):
-            save_weights(self.exp.stage_dir(self.name) / f"{kind}.safetensors", sd, meta)
-            target = self.exp.weights_dir / f"gpt-{kind}.ckpt"
-        else:
-            target = self.exp.weights_dir / f"{name}-e{epoch}.ckpt"
-        write_gpt_release(target, self.arch, sd, epoch, self.cfg, name)
+        file = f"gpt-{kind}.ckpt" if kind in ("best", "last") else f"{name}-e{epoch}.ckpt"
+        write_gpt_release(self.exp.weights_dir / file, self.arch, sd, epoch, self.cfg, name)
 
     def synthesize(self, progress: Progress, writer) -> dict[str, float]:
         from trainer.sovits_stage import load_stage_sovits

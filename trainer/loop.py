@@ -56,6 +56,8 @@ class Stage:
 
     dataset: torch.utils.data.Dataset
     collate: Any
+    exp: Experiment
+    cfg: Any  # the stage's train config (CommonTrainConfig subclass)
 
     def modules(self) -> dict[str, torch.nn.Module]: ...
     def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
@@ -65,8 +67,20 @@ class Stage:
     def train_step(self, micro_batches: list, step: int) -> dict[str, float]: ...
     def make_val_dataset(self, items: list): ...
     def validate(self, batches: list) -> dict[str, float]: ...
-    def save_weights(self, kind: str, progress: Progress) -> None: ...
+    def release_state_dict(self) -> dict[str, torch.Tensor]: ...
+    def write_release(self, kind: str, sd: dict[str, torch.Tensor], epoch: int, step: int, name: str) -> None: ...
     def synthesize(self, progress: Progress, writer) -> dict[str, float]: return {}
+
+    def save_weights(self, kind: str, progress: Progress) -> None:
+        """Weights of ``kind`` (best | last | epoch): the upstream-format release file (path and
+        format chosen by :meth:`write_release`), plus our own copy of best/last under the stage dir."""
+        sd = self.release_state_dict()
+        # saved right after an epoch ended, progress already points at the next one
+        epoch = max(1, progress.epoch - 1) if progress.step_in_epoch == 0 else progress.epoch
+        if kind in ("best", "last"):
+            meta = {"epoch": str(epoch), "step": str(progress.global_step), "kind": kind}
+            ckpt.save_weights(self.exp.stage_dir(self.name) / f"{kind}.safetensors", sd, meta)
+        self.write_release(kind, sd, epoch, progress.global_step, self.cfg.name or self.exp.name)
 
 
 @dataclass

@@ -209,7 +209,8 @@ class SoVITSStage(Stage):
         return {"val/mel": mel / n, "val/kl": kl / n, "val/loss": self.cfg.c_mel * mel / n + self.cfg.c_kl * kl / n}
 
     # ------------------------------------------------------------------ weights
-    def folded(self) -> dict[str, torch.Tensor]:
+    def release_state_dict(self) -> dict[str, torch.Tensor]:
+        """The generator with weight norm folded (what upstream's release files hold)."""
         from gsv.models.weightnorm import folded_state_dict
 
         return folded_state_dict(self.g.net)
@@ -218,22 +219,14 @@ class SoVITSStage(Stage):
         from gsv.models.sovits.model import SoVITS
 
         m = SoVITS(self.arch)
-        m.load_state_dict({k: v for k, v in self.folded().items() if not k.startswith("enc_q.")})
+        m.load_state_dict({k: v for k, v in self.release_state_dict().items() if not k.startswith("enc_q.")})
         return m.eval()
 
-    def save_weights(self, kind: str, progress: Progress) -> None:
-        from trainer.checkpointing import save_weights, write_sovits_release
+    def write_release(self, kind: str, sd: dict[str, torch.Tensor], epoch: int, step: int, name: str) -> None:
+        from trainer.checkpointing import write_sovits_release
 
-        sd = self.folded()
-        epoch = max(1, progress.epoch - 1) if progress.step_in_epoch == 0 else progress.epoch
-        name = self.cfg.name or self.exp.name
-        meta = {"epoch": str(epoch), "step": str(progress.global_step), "kind": kind}
-        if kind in ("best", "last"):
-            save_weights(self.exp.stage_dir(self.name) / f"{kind}.safetensors", sd, meta)
-            target = self.exp.weights_dir / f"sovits-{kind}.pth"
-        else:
-            target = self.exp.weights_dir / f"{name}_e{epoch}_s{progress.global_step}.pth"
-        write_sovits_release(target, self.arch, sd, epoch, progress.global_step, self.cfg, name)
+        file = f"sovits-{kind}.pth" if kind in ("best", "last") else f"{name}_e{epoch}_s{step}.pth"
+        write_sovits_release(self.exp.weights_dir / file, self.arch, sd, epoch, step, self.cfg, name)
 
     def synthesize(self, progress: Progress, writer) -> dict[str, float]:
         from trainer.validate import log_sample

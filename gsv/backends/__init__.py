@@ -8,8 +8,12 @@ from __future__ import annotations
 BACKEND_NAMES = ("torch", "onnx", "onnx-int8", "onnx-fp16", "trt")
 
 
-def open_backends(bundle, name: str = "torch", device: str = "cpu", threads: int | None = None):
-    """(gpt_backend, audio_backend) of ``name`` for an opened :class:`~gsv.checkpoint.bundle.Bundle`."""
+def open_backends(bundle, name: str = "torch", device: str = "cpu", threads=None):
+    """(gpt_backend, audio_backend) of ``name`` for an opened :class:`~gsv.checkpoint.bundle.Bundle`.
+
+    ``threads``: CPU threads of the ONNX Runtime graphs, one count for both or a
+    :class:`~gsv.backends.base.ThreadPlan` per stage (None = all cores); torch and TensorRT ignore it.
+    """
     from gsv.errors import GsvError
 
     if name == "torch":

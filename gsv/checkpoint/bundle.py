@@ -244,21 +244,27 @@ def write_bundle(
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", "utf-8")
         for f in (tmp / GPT_FILE, tmp / SOVITS_FILE, tmp / MANIFEST):
             os.chmod(f, 0o666 & ~umask)
-        _swap_into_place(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Bundle.open(out)
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
+def replace_dir(staged: Path, live: Path, old: Path | None = None) -> None:
+    """Make the finished directory ``staged`` the directory ``live`` (same filesystem).
+
+    A directory cannot be replaced atomically while it exists, so the live one is first renamed to
+    ``old`` (default ``.NAME.old-PID`` beside it) and removed after the swap: at every moment ``live``
+    is either the complete previous directory or the complete new one.
+    """
+    if live.exists():
+        old = old or live.with_name(f".{live.name}.old-{os.getpid()}")
+        os.replace(live, old)
+        os.replace(staged, live)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, out)
+        os.replace(staged, live)
 
 
 def update_manifest(bundle_path: str | Path, update) -> dict[str, Any]:
