@@ -374,7 +374,8 @@ def load_sv(path: str | Path) -> UpstreamSV:
     """Read the speaker-verification checkpoint of v2Pro/v2ProPlus (``pretrained_eres2netv2w24s4ep4.ckpt``)."""
     header, obj, data = read_checkpoint(path)
     if header != b"PK":
-        raise CheckpointError(f"{path}: not a speaker-verification checkpoint (it has a SoVITS version header)")
+        raise CheckpointError(f"{path}: this is a SoVITS weights file (version header {header!r}), not the "
+                              "speaker-verification model (pretrained_eres2netv2w24s4ep4.ckpt)")
     if isinstance(obj, dict) and "weight" in obj:
         raise CheckpointError(f"{path}: this is a GPT or SoVITS weights file, not the speaker-verification "
                               "model (pretrained_eres2netv2w24s4ep4.ckpt)")
