@@ -61,12 +61,12 @@ def size_cases(seed: int, n: int = 3) -> list[dict]:
     rng = np.random.default_rng(seed)
     cases = [{"batch": 1, "phones": int(rng.integers(3, 12)), "prompt": 0, "cache": int(rng.integers(2, 10)),
               "codes": int(rng.integers(3, 10)), "refer_frames": int(rng.integers(10, 40)),
-              "fbank_frames": int(rng.integers(40, 80)), "speed": 1.0}]
+              "fbank_frames": int(rng.integers(30, 60)), "speed": 1.0}]
     for i in range(1, n):
         cases.append({
             "batch": int(rng.integers(2, 4)), "phones": int(rng.integers(10, 48)), "prompt": int(rng.integers(4, 40)),
             "cache": int(rng.integers(20, 120)), "codes": int(rng.integers(12, 40)),
-            "refer_frames": int(rng.integers(40, 160)), "fbank_frames": int(rng.integers(80, 320)),
+            "refer_frames": int(rng.integers(40, 160)), "fbank_frames": int(rng.integers(40, 120)),
             "speed": 1.0 if i % 2 else float(rng.choice([0.8, 1.25])),
         })
     return cases

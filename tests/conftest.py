@@ -181,6 +181,23 @@ def full_bundle(tmp_path_factory, fake_ckpts):
                         sources={"kind": "fakeckpt"})
 
 
+def make_full_pro_bundle(fake_ckpts, path, version: str, **kw):
+    """A full-size v2Pro/v2ProPlus bundle from the kit's fake upstream SoVITS, GPT and SV files."""
+    from gsv.checkpoint.bundle import write_bundle
+    from gsv.checkpoint.upstream import load_gpt, load_sovits, load_sv
+
+    g, s = load_gpt(fake_ckpts.get("s1_v2.json")), load_sovits(fake_ckpts.get(f"s2_{version}.json"))
+    sv = load_sv(fake_ckpts.get("sv_eres2netv2.json"))
+    return write_bundle(path, g.config, g.state_dict, s.config, s.state_dict, sources={"kind": "fakeckpt"},
+                        sv_config=sv.config, sv_state=sv.state_dict, **kw)
+
+
+@pytest.fixture(scope="session", params=["v2Pro", "v2ProPlus"])
+def full_pro_bundle(request, tmp_path_factory, fake_ckpts):
+    """Full-size v2Pro and v2ProPlus bundles of the kit's fake files (slow to build; read-only)."""
+    return make_full_pro_bundle(fake_ckpts, tmp_path_factory.mktemp("bundles") / f"full_{request.param}", request.param)
+
+
 # ------------------------------------------------------------------------------ tiny HuBERT / BERT
 TINY_BERT_CHARS = "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可她里后小么心多天而能好都然没日于起还发成事只作当想看文无开手十用主行方又如前所本见经头面公同三已老从动两长知民样现分将外但身些与高意进把法此实回二理美点月明其种声全工己话儿者向情部正名定女问力机给等几很业最间新什打便位因重被走电四第门相次东政海口使教西再平真听世气信北少关并内加化由却代军产入先山五太水万市眼体别处总才场师书比住员九笑性通目华报立马命张活难神数件安表原车白应路期叫死常提感金何更反合放做系计或司利受光王果亲界及今京务制解各任至清物台象记边共风战干接它许八特觉望直服毛林题建南度统色字请交爱让认算论百吗城音思非热结每往且先讲语"
 TINY_BERT_PUNCT = ",.!?-…"
