@@ -96,3 +96,29 @@ def test_tiny_pro_export_every_precision(tmp_path):
     assert "speaker_verification" in report["precisions"]["fp16"]["graphs"]
     arts = {(a["graph"], a["precision"]) for a in Bundle.open(path).artifacts}
     assert ("speaker_verification", "fp32") in arts
+
+
+def test_bench_components_and_versions_on_tiny_pro(tiny_bundle, tmp_path):
+    """gsv-bench components runs on a Pro bundle; gsv-bench versions compares v2 with v2Pro/v2ProPlus."""
+    from benchmarks.cli import main
+    from export.pipeline import ExportOptions, export_bundle
+    from tests.conftest import make_tiny_bundle
+
+    paths = [clone_bundle(tiny_bundle.path, tmp_path / "v2")]
+    for v in ("v2Pro", "v2ProPlus"):
+        paths.append(make_tiny_bundle(tmp_path / v, version=v).path)
+    for p in paths:
+        export_bundle(p, ExportOptions(precisions=("fp32",), graphs=("gpt_prefill", "gpt_decode", "sovits_window",
+                                                                     "vocoder"), threads=1, progress=False))
+    out = tmp_path / "c.json"
+    assert main(["components", "--bundle", str(paths[2]), "--backends", "torch,onnx", "--out", str(out), "--threads",
+                 "1", "--steps", "2", "--repeats", "1", "--warmup", "1", "--context", "20", "--probe-gib", "0.05"]) == 0
+    assert json.loads(out.read_text())["decoder_vocoder_ms_per_audio_second"]["onnx"] > 0
+    out = tmp_path / "v.json"
+    assert main(["versions", "--bundles", ",".join(map(str, paths)), "--out", str(out), "--threads", "1",
+                 "--steps", "2", "--repeats", "2", "--warmup", "1", "--context", "20"]) == 0
+    r = json.loads(out.read_text())["bundles"]
+    assert list(r) == ["v2", "v2Pro", "v2ProPlus"]
+    assert "speaker_verification" not in r["v2"] and r["v2Pro"]["speaker_verification"]["ms_per_3s_reference"] > 0
+    assert r["v2ProPlus"]["vs_first"]["vocoder_params"] > r["v2Pro"]["vs_first"]["vocoder_params"]
+    assert all(x["estimated_realtime_streams"] > 0 for x in r.values())
