@@ -39,3 +39,41 @@ def test_pro_voice_served_end_to_end(pro_server, tiny_pro_bundle, monkeypatch):
 
     stored = VoiceStore(voices).load("pro", tiny_pro_bundle.bundle_id)
     assert stored.sv_emb.shape == (2, tiny_pro_bundle.sv_config.embedding_dim)
+
+
+def test_v2_voice_gets_its_embedding_on_first_use_with_a_pro_bundle(tiny_full_bundle, tiny_pro_bundle, tmp_path):
+    """A voice registered on a v2 bundle is re-prepared (speaker-verification embedding included) from its kept
+    reference audio the first time a Pro server uses it; without kept audio the error says what to do."""
+    import shutil
+
+    from clients import TtsError
+    from gsv.voice import VoiceStore
+
+    voices = tmp_path / "voices"
+    v2 = start_server(tiny_full_bundle.path, voices, max_live=2)
+    try:
+        with TtsClient(v2.target, timeout=120) as c:
+            c.register_voice("old", wav_bytes(*speechlike(4.0, seed=5)), "我们在北京。", "zh", consent="agreed")
+            c.register_voice("lost", wav_bytes(*speechlike(4.0, seed=6)), "我们在北京。", "zh", consent="agreed")
+    finally:
+        v2.stop()
+    store = VoiceStore(voices)
+    assert store.load("old").sv_emb is None
+    meta = store.metadata("lost")
+    for i in range(int(meta.get("references", 0))):  # a store that did not keep the reference audio
+        (voices / "lost" / f"reference_{i}.bin").unlink()
+    (voices / "lost" / "voice.json").write_text((voices / "lost" / "voice.json").read_text().replace(
+        f'"references": {meta["references"]}', '"references": 0'))
+    pro = start_server(tiny_pro_bundle.path, voices, max_live=2)
+    try:
+        with TtsClient(pro.target, timeout=120) as c:
+            r = c.stream("你好。", "old", language="zh", seed=1, max_audio_seconds=1.0)
+            assert r.audio.size > 0
+            with pytest.raises(TtsError) as e:
+                c.stream("你好。", "lost", language="zh", seed=1, max_audio_seconds=1.0)
+            assert "no stored reference" in e.value.details
+    finally:
+        pro.stop()
+    again = VoiceStore(voices).load("old", tiny_pro_bundle.bundle_id)  # cached on disk for the Pro bundle
+    assert again.sv_emb is not None and again.sv_emb.shape[0] == 1
+    shutil.rmtree(voices)
