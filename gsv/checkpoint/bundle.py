@@ -186,14 +186,17 @@ class Bundle:
         return model.eval().to(device)
 
 
-    def load_sv(self, device: str | torch.device = "cpu"):
-        """The speaker-verification network (16 kHz audio -> embedding) of a Pro bundle."""
+    def load_sv(self, device: str | torch.device = "cpu", fuse: bool = True):
+        """The speaker-verification network (16 kHz audio -> embedding) of a Pro bundle; ``fuse`` folds its
+        BatchNorms into the convolutions (inference only; the weights then lose upstream's layout)."""
         from gsv.models.speaker_verification import SpeakerVerifier
 
         if self.sv_config is None:
             raise BundleError(f"bundle {self.path} ({self.model_version}) has no speaker-verification model")
         model = SpeakerVerifier(self.sv_config)
         _load_into(model.model, self.sv_state_dict(), self.path / SV_FILE)
+        if fuse:
+            model.for_inference()
         return model.eval().to(device)
 
 

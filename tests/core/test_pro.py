@@ -96,7 +96,7 @@ def test_import_pro_bundle(tmp_path, version, capsys):
     assert b.model_version == version and b.symbol_version == "v2" and b.is_pro and b.sv_config == sv.cfg
     assert b.manifest["sources"]["sovits"]["header"] == ("05" if version == "v2Pro" else "06")
     wav = torch.from_numpy(speechlike(2.0)[0]).unsqueeze(0)
-    torch.testing.assert_close(b.load_sv()(wav), sv(wav))
+    torch.testing.assert_close(b.load_sv(fuse=False)(wav), sv(wav))
 
 
 @pytest.mark.parametrize("case", ["no_sv", "sv_for_v2", "pk_header", "truncated_sv", "sv_missing_key", "sv_is_sovits"])
@@ -190,3 +190,15 @@ def test_pro_synthesis_uses_the_sv_embedding(tiny_pro_bundle):
     assert not torch.allclose(other_ge, spec_ge)
     b, _ = synth.synthesize("你好世界。", "zh", replace(voice, ge=other_ge), opts)
     assert a.shape != b.shape or not np.allclose(a, b)
+
+
+def test_batchnorm_folding_keeps_the_embedding(tmp_path):
+    """The served speaker-verification network (BatchNorms folded into the convolutions) computes the same
+    embedding as the network in upstream's layout."""
+    _, sv = _pro_models("v2Pro")
+    wav = torch.from_numpy(speechlike(2.0)[0]).unsqueeze(0)
+    before = sv(wav)
+    folded = tiny_sv(sv.cfg).for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    after = folded(wav)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5 * float(before.abs().max()))
