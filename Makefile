@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 SYS_STAMP := $(VENV)/.sysdeps-stamp
 PYTEST_ARGS ?=
+# the pretrained speaker encoder (weights inside the package); its dependencies come with .[quality]
+RESEMBLYZER := resemblyzer==0.1.4
 
 .PHONY: setup sysdeps test test-fast demo protos clean cpp-client
 
@@ -14,6 +16,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(RESEMBLYZER)
 	@touch $(STAMP)
 
 # System packages some commands need (espeak-ng speaks the synthetic training/demo data).

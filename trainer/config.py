@@ -36,6 +36,7 @@ class CommonTrainConfig:
     seed: int = 1234  # upstream train.seed
     val_fraction: float = 0.1  # share of items (by a stable hash of the name) held out; 0 = none
     patience: int = 5  # early stopping: validations without improvement before stopping; 0 = off
+    early_stop_on: str = "loss"  # loss: the stage's val/loss (lower is better) | similarity: val/speaker_similarity
     save_every_steps: int = 0  # also write the resumable state every N steps (0 = at epoch ends only)
     save_every_epoch: int = 0  # also write upstream-named release files every N epochs (0 = only best/last)
     log_every: int = 10  # steps between TensorBoard/console training scalars
@@ -49,7 +50,7 @@ class CommonTrainConfig:
     synth_text: str = "This is a short test of the new voice."
     synth_lang: str = "en"
     synth_max_tokens: int = 250  # 10 s at 25 tokens/s
-    speaker_model: str | None = None  # local speechbrain ECAPA folder; None = randomly initialised
+    speaker_model: str | None = None  # local speechbrain spkrec-ecapa-voxceleb folder; None = Resemblyzer's GE2E
     name: str = ""  # release file name prefix (default: the EXP folder name)
     threads: int | None = None  # torch CPU threads (None: the base's hint, e.g. 1 for tiny models, else torch's default)
 

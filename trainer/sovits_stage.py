@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gsv import constants as C
 from gsv.audio import spec_to_mel, spectrogram
 from gsv.models.sovits.flow import sequence_mask
 from trainer import losses
@@ -234,9 +233,9 @@ class SoVITSStage(Stage):
         if self._synth is None:
             return {}
         gpt = load_stage_gpt(self.exp, self.base)
-        audio, sim = self._synth.run(gpt, self.inference_model())
+        audio, metrics = self._synth.run(gpt, self.inference_model())
         log_sample(writer, self.exp.logs_dir(self.name) / "samples", "sovits", audio, progress.global_step)
-        return {"val/speaker_similarity": sim, "val/synth_seconds": audio.size / C.SAMPLE_RATE}
+        return metrics
 
     def attach_synth(self, synth) -> None:
         self._synth = synth

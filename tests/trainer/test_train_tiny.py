@@ -102,8 +102,66 @@ def test_validation_synthesis_and_best_checkpoint(exp_copy):
     assert {"val/loss", "val/mel", "val/speaker_similarity"} <= set(rec)
     assert -1.0 <= rec["val/speaker_similarity"] <= 1.0
     assert r.progress.best == rec["val/loss"] and (exp_copy / "weights/sovits-best.pth").is_file()
+    assert r.progress.metric == "val/loss"
     assert list((exp_copy / "logs/sovits/samples").glob("*.wav"))
     assert list((exp_copy / "logs/sovits").glob("events.out.tfevents.*"))
+
+
+def test_speaker_similarity_comes_from_the_pretrained_encoder_with_ceiling_and_floor(exp_copy, monkeypatch):
+    """val/speaker_similarity is Resemblyzer's GE2E cosine to the centroid of the training items; the
+    run's ceiling (held-out items) and floor (noise) come with it; similarity can pick the best weights."""
+    import json
+
+    import numpy as np
+
+    from gsv.quality import ResemblyzerEncoder, SpeakerEncoderUnavailable
+    from trainer import validate
+    from trainer.data import Experiment, load_tensors
+    from trainer.run import train
+
+    try:
+        encoder = ResemblyzerEncoder()
+    except SpeakerEncoderUnavailable as e:
+        pytest.skip(str(e))
+    synthesized = []
+    real_measure = validate.ValidationSynth.measure
+
+    def spy(self, audio):
+        synthesized.append(audio)
+        return real_measure(self, audio)
+
+    monkeypatch.setattr(validate.ValidationSynth, "measure", spy)
+    r = train("gpt", exp_copy, tiny_cfg("gpt", epochs=2, synth=True, synth_max_tokens=30, val_fraction=0.2,
+                                        early_stop_on="similarity"))
+    hist = r.progress.history
+    assert len(hist) == 2 and len(synthesized) == 2
+    exp = Experiment.open(exp_copy)
+    train_items, val_items = exp.split(0.2)
+    ref = json.loads((exp_copy / validate.REFERENCE_FILE).read_text())
+    assert ref["encoder"] == "resemblyzer-ge2e" and ref["utterances"] == len(train_items)
+    assert ref["ceiling_method"] == "held-out" and ref["ceiling_utterances"] == len(val_items)
+    centroid = np.asarray(ref["centroid"])
+    for rec, audio in zip(hist, synthesized):
+        expected = float(np.dot(encoder.embed(audio, 32000), centroid) / np.linalg.norm(centroid))
+        assert rec["val/speaker_similarity"] == pytest.approx(expected, abs=1e-4)
+        assert rec["val/speaker_similarity_ceiling"] == pytest.approx(ref["ceiling"])
+        assert rec["val/speaker_similarity_floor"] == pytest.approx(ref["floor"])
+    # the ceiling is what the held-out real utterances score against the training centroid
+    held = [encoder.embed(load_tensors(exp.file(it), ("wav",))["wav"].float().numpy() / 32768, 32000) for it in val_items]
+    assert ref["ceiling"] == pytest.approx(float(np.mean([h @ centroid for h in held])), abs=1e-3)
+    assert ref["floor"] < ref["ceiling"]
+    # --early-stop-on similarity: the best weights are those of the highest similarity
+    sims = [rec["val/speaker_similarity"] for rec in hist]
+    assert r.progress.metric == "val/speaker_similarity" and r.progress.best == max(sims)
+    assert r.progress.best_epoch == 1 + sims.index(max(sims))
+
+
+def test_early_stop_on_similarity_needs_the_synthesis(exp_copy):
+    from gsv.errors import GsvError
+    from trainer.run import train
+
+    with pytest.raises(GsvError, match="no-synth"):
+        train("gpt", exp_copy, tiny_cfg("gpt", synth=False, early_stop_on="similarity"))
 
 
 def test_resume_after_crash_gives_identical_steps(exp_copy, tmp_path, monkeypatch):
