@@ -76,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-audio", nargs="+", default=[], help="also score these recordings")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--max-seconds-per-phone", type=float, default=0.25,
-                   help="token budget per sentence (babbling models stop there)")
+                   help="audio budget per sentence: 1 s + this per phone (a model that never says EOS stops there)")
     p.add_argument("--max-difference", type=float, default=MAX_DIFFERENCE)
     p.add_argument("--speaker-model", help="local speechbrain spkrec-ecapa-voxceleb folder instead of Resemblyzer")
     p.add_argument("--threads", type=int, help="CPU threads (torch and ONNX Runtime)")
@@ -209,9 +209,9 @@ def _run(synth, voice, sentences, phone_counts, lang, backend, stream, args, ref
     rows = []
     t0 = time.perf_counter()
     for i, (text, phones) in enumerate(zip(sentences, phone_counts)):
-        max_tokens = min(C.MAX_TOKENS_PER_SEGMENT,
-                         math.ceil(C.TOKENS_PER_SECOND * (1.0 + args.max_seconds_per_phone * phones)))
-        opts = SynthesisOptions(sampling=SamplingOptions(seed=args.seed + i, max_tokens=max_tokens), streaming=stream)
+        # a request budget: a model that never says EOS stops at a slow speaking rate, not at 60 s
+        budget_s = 1.0 + args.max_seconds_per_phone * phones
+        opts = SynthesisOptions(sampling=SamplingOptions(seed=args.seed + i), streaming=stream, max_audio_seconds=budget_s)
         audio, session = synth.synthesize(text, lang, voice, opts)
         sr = C.SAMPLE_RATE
         if args.save_audio:
@@ -222,8 +222,8 @@ def _run(synth, voice, sentences, phone_counts, lang, backend, stream, args, ref
         sps = speech_seconds(audio, sr) / phones if phones else float("nan")
         sim = reference.similarity(encoder, audio, sr)
         rows.append({"text": text, "speaker_similarity": sim, "relative": reference.relative(sim),
-                     "phones": phones, "tokens": session.total_tokens, "max_tokens": max_tokens,
-                     "hit_token_limit": session.total_tokens >= max_tokens,
+                     "phones": phones, "tokens": session.total_tokens, "max_seconds": budget_s,
+                     "hit_token_limit": session.finish_reason == "max_audio",
                      "seconds_per_phone": sps,
                      "phone_rate_vs_training": sps / train_rate if train_rate else None, **checks})
     elapsed = time.perf_counter() - t0
