@@ -41,7 +41,8 @@ def _common_train_args(p: argparse.ArgumentParser, epochs_default: int) -> None:
     p.add_argument("--no-fp16", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--no-synth", action="store_true", help="no validation synthesis / speaker similarity")
-    p.add_argument("--synth-text", default="This is a short test of the new voice.")
+    p.add_argument("--synth-text", action="append",
+                   help="validation sentence (repeat for several; default: 'This is a short test of the new voice.')")
     p.add_argument("--synth-lang", default="en")
     p.add_argument("--synth-max-tokens", type=int, default=250)
     p.add_argument("--speaker-model", help="local speechbrain spkrec-ecapa-voxceleb folder for val/speaker_similarity "
@@ -51,12 +52,14 @@ def _common_train_args(p: argparse.ArgumentParser, epochs_default: int) -> None:
 
 
 def _common_cfg(args) -> dict:
+    from trainer.config import CommonTrainConfig
+
     kw = dict(epochs=args.epochs, max_steps=args.max_steps, seed=args.seed, val_fraction=args.val_fraction,
-              patience=args.patience, early_stop_on=args.early_stop_on,
-              min_epoch_items=args.min_epoch_items, save_every_steps=args.save_every_steps, save_every_epoch=args.save_every_epoch,
+              patience=args.patience, early_stop_on=args.early_stop_on, min_epoch_items=args.min_epoch_items,
+              save_every_steps=args.save_every_steps, save_every_epoch=args.save_every_epoch,
               log_every=args.log_every, resume=not args.restart, device=args.device, fp16=not args.no_fp16,
-              num_workers=args.num_workers, synth=not args.no_synth, synth_text=args.synth_text,
-              synth_lang=args.synth_lang, synth_max_tokens=args.synth_max_tokens, speaker_model=args.speaker_model,
+              num_workers=args.num_workers, synth=not args.no_synth,
+              synth_text=args.synth_text or CommonTrainConfig.synth_text, synth_lang=args.synth_lang, synth_max_tokens=args.synth_max_tokens, speaker_model=args.speaker_model,
               name=args.name, threads=args.threads)
     if args.batch_size:
         kw["batch_size"] = args.batch_size

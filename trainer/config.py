@@ -47,7 +47,7 @@ class CommonTrainConfig:
     min_epoch_items: int = 100  # upstream replicates datasets smaller than this many items per epoch
     # validation synthesis: a fixed sentence spoken with a held-out (or training) reference
     synth: bool = True
-    synth_text: str = "This is a short test of the new voice."
+    synth_text: str | list[str] = "This is a short test of the new voice."  # or several (similarity: their mean)
     synth_lang: str = "en"
     synth_max_tokens: int = 250  # 10 s at 25 tokens/s
     speaker_model: str | None = None  # local speechbrain spkrec-ecapa-voxceleb folder; None = Resemblyzer's GE2E

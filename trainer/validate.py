@@ -31,6 +31,7 @@ from gsv.errors import GsvError
 log = logging.getLogger(__name__)
 
 REFERENCE_FILE = "speaker_reference.json"
+SAMPLE_GAP_SECONDS = 0.3  # between the sentences of the logged sample
 SIMILARITY_TAGS = ("val/speaker_similarity", "val/speaker_similarity_ceiling", "val/speaker_similarity_floor")
 
 
@@ -78,9 +79,10 @@ class _Voice:
 
 
 class ValidationSynth:
-    """Speaks ``text`` with a reference item of the experiment as the voice."""
+    """Speaks ``text`` (one sentence or a list; each with its own seed) with a reference item of the
+    experiment as the voice; the similarity is the mean over the sentences."""
 
-    def __init__(self, exp, ref_item: dict, text: str, lang: str, version: str, max_tokens: int,
+    def __init__(self, exp, ref_item: dict, text: str | list[str], lang: str, version: str, max_tokens: int,
                  encoder=None, reference=None, seed: int = 0):
         """``encoder``/``reference``: a pretrained speaker encoder and the training speaker's
         :class:`gsv.quality.SpeakerReference` (both None: synthesis without a similarity)."""
@@ -90,9 +92,10 @@ class ValidationSynth:
 
         self.ref_item = ref_item
         self.ref = load_tensors(exp.file(ref_item), ("phones", "semantic", "bert", "spec"))
-        cleaned = clean_text(text, lang, version)
-        self.text = text
-        self.phones = cleaned_text_to_sequence(cleaned.phones, version)
+        self.texts = [text] if isinstance(text, str) else list(text)
+        if not self.texts:
+            raise GsvError("no validation sentence")
+        self.phones = [cleaned_text_to_sequence(clean_text(t, lang, version).phones, version) for t in self.texts]
         self.max_tokens = max_tokens
         self.seed = seed
         self.encoder, self.reference = encoder, reference
@@ -121,18 +124,22 @@ class ValidationSynth:
         return {"val/speaker_similarity_ceiling": self.reference.ceiling,
                 "val/speaker_similarity_floor": self.reference.floor}
 
-    def measure(self, audio: np.ndarray) -> dict[str, float]:
-        """Validation metrics of one synthesis: length, and the similarity with its references."""
-        out = {"val/synth_seconds": audio.size / C.SAMPLE_RATE}
+    def measure(self, audios: list[np.ndarray]) -> dict[str, float]:
+        """Validation metrics of the syntheses (one per sentence): length, and the mean similarity
+        with its references."""
+        out = {"val/synth_seconds": sum(a.size for a in audios) / C.SAMPLE_RATE}
         if self.reference is not None:
-            sim = self.reference.similarity(self.encoder, audio, C.SAMPLE_RATE)
+            sims = [self.reference.similarity(self.encoder, a, C.SAMPLE_RATE) for a in audios]
+            sims = [x for x in sims if np.isfinite(x)]
+            sim = float(np.mean(sims)) if sims else float("nan")  # NaN: nothing long enough to embed
             out.update({"val/speaker_similarity": sim, "val/speaker_similarity_relative": self.reference.relative(sim)})
             out.update(self.reference_metrics())
         return out
 
     @torch.no_grad()
     def run(self, gpt, sovits) -> tuple[np.ndarray, dict[str, float]]:
-        """gpt, sovits: inference models (eval) -> (32 kHz audio, validation metrics of :meth:`measure`)."""
+        """gpt, sovits: inference models (eval) -> (32 kHz audio of every sentence, 0.3 s apart;
+        validation metrics of :meth:`measure`)."""
         from gsv.backends.torch_backend import TorchAudioBackend, TorchGPTBackend
         from gsv.engine import Engine
         from gsv.sampling import SamplingOptions
@@ -145,17 +152,23 @@ class ValidationSynth:
             ref_bert = torch.zeros(bert_dim, len(ref_phones))
         ge = sovits.speaker_embedding(self.ref["spec"].float().unsqueeze(0))[0]
         voice = _Voice(ref_phones, ref_bert.float(), self.ref["semantic"].long(), ge)
-        segment = TextSegment(self.text, list(self.phones), torch.zeros(bert_dim, len(self.phones)))
-        opts = SynthesisOptions(sampling=SamplingOptions(seed=self.seed, max_tokens=self.max_tokens), streaming=False)
-        chunks: list = []
-        session = Session("validation", voice, [segment], opts, sink=chunks.append)
         engine = Engine(TorchGPTBackend(gpt), TorchAudioBackend(sovits), max_live=1)
-        engine.submit(session)
-        engine.run(session)
-        if session.finish_reason == "error":
-            raise GsvError(f"validation synthesis failed: {session.error}")
-        audio = np.concatenate([c.samples for c in chunks]).astype(np.float32) if chunks else np.zeros(0, np.float32)
-        return audio, self.measure(audio)
+        audios = []
+        for i, (text, phones) in enumerate(zip(self.texts, self.phones)):
+            segment = TextSegment(text, list(phones), torch.zeros(bert_dim, len(phones)))
+            opts = SynthesisOptions(sampling=SamplingOptions(seed=self.seed + i, max_tokens=self.max_tokens),
+                                    streaming=False)
+            chunks: list = []
+            session = Session(f"validation-{i}", voice, [segment], opts, sink=chunks.append)
+            engine.submit(session)
+            engine.run(session)
+            if session.finish_reason == "error":
+                raise GsvError(f"validation synthesis failed: {session.error}")
+            audios.append(np.concatenate([c.samples for c in chunks]).astype(np.float32) if chunks
+                          else np.zeros(0, np.float32))
+        gap = np.zeros(int(SAMPLE_GAP_SECONDS * C.SAMPLE_RATE), np.float32)
+        joined = np.concatenate([x for a in audios for x in (a, gap)][:-1])
+        return joined, self.measure(audios)
 
 
 def pick_reference(train_items: list[dict], val_items: list[dict]) -> dict:
