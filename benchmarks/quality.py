@@ -283,6 +283,26 @@ def _round(v):
     return v
 
 
+# ---------------------------------------------------------------------------------- plot
+def draw_similarity_panel(ax, bars: list[tuple[str, float | None]], ceiling: float, floor: float,
+                          goal: float | None = None, title: str = "voice: speaker similarity") -> None:
+    """Bars of similarities between the floor (noise) and the ceiling (held-out real speech)."""
+    labels = [b[0] for b in bars]
+    values = [b[1] if b[1] is not None and math.isfinite(b[1]) else 0.0 for b in bars]
+    colors = ["tab:blue" if "trained" in lab or "demo" in lab else "tab:gray" for lab in labels]
+    ax.bar(range(len(bars)), values, color=colors)
+    for i, v in enumerate(values):
+        ax.text(i, v + 0.01, f"{v:.2f}", ha="center", fontsize=8)
+    ax.axhline(ceiling, color="tab:green", ls="--", label=f"ceiling (held-out real) {ceiling:.2f}")
+    ax.axhline(floor, color="tab:red", ls="--", label=f"floor (noise) {floor:.2f}")
+    if goal is not None:
+        ax.axhline(goal, color="tab:orange", ls=":", label=f"goal {goal:.2f}")
+    ax.set_xticks(range(len(bars)), labels, rotation=20, fontsize=8)
+    ax.set(title=title, ylabel="cosine to the speaker centroid", ylim=(min(0.3, floor - 0.05), 1.0))
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, loc="lower right")
+
+
 # ---------------------------------------------------------------------------------- entry
 def measure(args) -> dict:
     import tempfile

@@ -24,6 +24,7 @@ def _common_train_args(p: argparse.ArgumentParser, epochs_default: int) -> None:
     p.add_argument("--exp", required=True, help="prepared experiment folder")
     p.add_argument("--epochs", type=int, default=epochs_default, help="epochs in total (also across resumes)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total")
+    p.add_argument("--max-minutes", type=float, help="stop after this many minutes of training (this invocation)")
     p.add_argument("--base", help="base bundle (default: the one the experiment was prepared with)")
     p.add_argument("--batch-size", type=int, help="items per batch (per process)")
     p.add_argument("--seed", type=int, default=1234)
@@ -54,7 +55,7 @@ def _common_train_args(p: argparse.ArgumentParser, epochs_default: int) -> None:
 def _common_cfg(args) -> dict:
     from trainer.config import CommonTrainConfig
 
-    kw = dict(epochs=args.epochs, max_steps=args.max_steps, seed=args.seed, val_fraction=args.val_fraction,
+    kw = dict(epochs=args.epochs, max_steps=args.max_steps, max_minutes=args.max_minutes, seed=args.seed, val_fraction=args.val_fraction,
               patience=args.patience, early_stop_on=args.early_stop_on, min_epoch_items=args.min_epoch_items,
               save_every_steps=args.save_every_steps, save_every_epoch=args.save_every_epoch,
               log_every=args.log_every, resume=not args.restart, device=args.device, fp16=not args.no_fp16,

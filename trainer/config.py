@@ -32,6 +32,7 @@ class CommonTrainConfig:
 
     epochs: int = 8
     max_steps: int | None = None  # stop after this many optimizer steps in total (also across resumes)
+    max_minutes: float | None = None  # stop after this many minutes of training in this invocation
     batch_size: int = 8
     seed: int = 1234  # upstream train.seed
     val_fraction: float = 0.1  # share of items (by a stable hash of the name) held out; 0 = none

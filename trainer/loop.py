@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SIMILARITY_METRIC = "val/speaker_similarity"  # what ``early_stop_on="similarity"`` selects (higher is better)
 EARLY_STOP_ON = ("loss", "similarity")
+_clock = time.monotonic  # the --max-minutes clock (tests replace it)
 
 
 @dataclass
@@ -134,6 +135,7 @@ def run(stage: Stage, cfg, exp: Experiment, dist: DistEnv, val_items: list) -> R
     stopped_early = False
     train_log: list[dict[str, float]] = []
     stop = progress.early_stopped
+    deadline = _clock() + 60 * cfg.max_minutes if cfg.max_minutes else None
     if stop:
         log.info("%s stopped early before (epoch %d); nothing to do", stage.name, progress.best_epoch)
     try:
@@ -147,6 +149,10 @@ def run(stage: Stage, cfg, exp: Experiment, dist: DistEnv, val_items: list) -> R
             batch_iter = _batches(stage, [b for g in groups[progress.step_in_epoch :] for b in g], cfg.num_workers)
             for gi in range(progress.step_in_epoch, len(groups)):
                 if cfg.max_steps is not None and progress.global_step >= cfg.max_steps:
+                    stop = True
+                    break
+                if deadline is not None and dist.broadcast_flag(_clock() >= deadline):
+                    log.info("%s: --max-minutes %g reached at step %d", stage.name, cfg.max_minutes, progress.global_step)
                     stop = True
                     break
                 micro = [next(batch_iter) for _ in groups[gi]]

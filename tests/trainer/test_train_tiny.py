@@ -158,6 +158,21 @@ def test_speaker_similarity_comes_from_the_pretrained_encoder_with_ceiling_and_f
     assert r.progress.best_epoch == 1 + sims.index(max(sims))
 
 
+def test_max_minutes_stops_training(exp_copy, monkeypatch):
+    from trainer import loop
+    from trainer.run import train
+
+    now = [0.0]
+
+    def clock():  # every look at the clock is 10 s later
+        now[0] += 10.0
+        return now[0]
+
+    monkeypatch.setattr(loop, "_clock", clock)
+    r = train("gpt", exp_copy, tiny_cfg("gpt", epochs=50, max_minutes=0.5))  # deadline at +30 s: two steps
+    assert r.progress.global_step == 2 and (exp_copy / "train/gpt/last.safetensors").is_file()
+
+
 def test_early_stop_on_similarity_needs_the_synthesis(exp_copy):
     from gsv.errors import GsvError
     from trainer.run import train
