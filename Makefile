@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # the pretrained speaker encoder (weights inside the package); its dependencies come with .[quality]
 RESEMBLYZER := resemblyzer==0.1.4
 
-.PHONY: setup sysdeps test test-fast demo protos clean cpp-client
+.PHONY: setup sysdeps test test-fast demo demo-quality protos clean cpp-client
 
 setup: $(STAMP) $(SYS_STAMP)
 
@@ -36,6 +36,12 @@ test-fast: setup
 
 demo: setup
 	$(PY) scripts/demo.py --out out
+
+# The long variant (<= 60 minutes on 2 cores): SoVITS trains until the speaker similarity stops
+# improving; the similarity-vs-minutes curve goes to benchmarks/results/.
+QUALITY_CURVE ?= benchmarks/results/demo-quality-$(shell date +%Y-%m-%d).json
+demo-quality: setup
+	$(PY) scripts/demo.py --out out/demo-quality --minutes 45 --curve $(QUALITY_CURVE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache out

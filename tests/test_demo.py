@@ -29,3 +29,16 @@ def test_demo_end_to_end(tmp_path):
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert [lv["concurrency"] for lv in bench["levels"]] == [1, 2, 4] and all(not lv["errors"] for lv in bench["levels"])
     assert (tmp_path / "bench.png").stat().st_size > 1000
+    # voice quality: measured by the pretrained speaker encoder, with its reference points (no threshold
+    # here: 10 training steps give no voice; the goals are reported in quality.json["met"])
+    q = json.loads((tmp_path / "quality.json").read_text())
+    assert q["encoder"] == "resemblyzer-ge2e" and summary["quality_json"] == str(tmp_path / "quality.json")
+    for key in ("trained", "demo_wav", "untrained_base"):
+        assert -1.0 <= q[key]["speaker_similarity"] <= 1.0, key
+    assert 0.0 < q["floor"] < q["ceiling"] <= 1.0 and q["reference"]["ceiling_method"] == "held-out"
+    assert len(q["trained"]["sentences"]) == 4 and abs(q["int8_vs_fp32"]) <= 2 and abs(q["stream_vs_whole"]) <= 2
+    assert set(q["met"]) == {"trained_min", "above_untrained_base", "int8_vs_fp32", "stream_vs_whole"}
+    assert q["training"]["gpt_steps"] == 10 and q["training"]["sovits_steps"] == 10
+    import matplotlib.image
+
+    assert matplotlib.image.imread(str(tmp_path / "bench.png")).shape[1] > 1800  # 3 serving panels + the voice

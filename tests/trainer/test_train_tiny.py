@@ -45,6 +45,19 @@ def test_sovits_steps_change_weights_and_write_upstream_files(exp_copy, tiny_bas
     assert all(v.dtype == torch.float16 for v in raw["weight"].values())
 
 
+def test_sovits_reconstruction_warmup_trains_only_the_posterior_path(exp_copy, tiny_base):
+    from trainer.run import train
+
+    r = train("sovits", exp_copy, tiny_cfg("sovits", max_steps=2, recon_warmup_steps=2))
+    assert [sorted(row) for row in r.train_log] == [["learning_rate", "loss/g/mel", "loss/g/total", "step"]] * 2
+    before, after = tiny_base.sovits_state_dict(), _weights(exp_copy / "train/sovits/last.safetensors")
+    # (weight-normed modules are re-split and folded: equal up to float rounding when untrained)
+    changed = {k.split(".")[0] for k in before if not torch.allclose(before[k], after[k], rtol=1e-5, atol=1e-6)}
+    assert {"dec", "enc_q", "ref_enc"} <= changed and not changed & {"enc_p", "flow", "ssl_proj", "quantizer"}
+    r = train("sovits", exp_copy, tiny_cfg("sovits", max_steps=3, recon_warmup_steps=2))  # resumes: a full step
+    assert r.progress.global_step == 3 and "loss/d/total" in r.train_log[-1] and "loss/g/kl" in r.train_log[-1]
+
+
 def test_gpt_steps_change_weights_and_write_upstream_files(exp_copy, tiny_base):
     from gsv.checkpoint.upstream import load_gpt
     from trainer.run import train
