@@ -107,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-d", help="upstream discriminator (s2D*.pth) to start from")
     p.add_argument("--disc-divisor", type=int, help="divide the discriminator's channels (default: base hint or 1)")
     p.add_argument("--segment-frames", type=int, help="random slice length in 50 Hz frames (default 32)")
-    p.add_argument("--recon-warmup-steps", type=int, default=0,
-                   help="first steps train only spectrogram -> decoder on the mel loss (bases trained from scratch)")
+    p.add_argument("--warmup-steps", type=int, default=0,
+                   help="first steps without the discriminator, mel + KL losses only (bases trained from scratch)")
     p.set_defaults(func=cmd_sovits)
 
     p = sub.add_parser("gpt", help="fine-tune the GPT", formatter_class=fmt)
@@ -164,7 +164,7 @@ def cmd_sovits(args) -> int:
     kw = _common_cfg(args)
     cfg = SoVITSTrainConfig(**kw, learning_rate=args.lr, text_low_lr_rate=args.text_low_lr_rate,
                             base_discriminator=args.base_d, segment_frames=args.segment_frames,
-                            recon_warmup_steps=args.recon_warmup_steps,
+                            warmup_steps=args.warmup_steps,
                             discriminator=DiscriminatorConfig(channel_divisor=args.disc_divisor or 1))
     r = train("sovits", args.exp, cfg, args.base)
     _report(r)

@@ -69,9 +69,9 @@ class SoVITSTrainConfig(CommonTrainConfig):
     c_mel: float = 45.0
     c_kl: float = 1.0
     segment_frames: int | None = None  # random slice length in latent frames (None: architecture's 32)
-    # not upstream: the first N steps train only the posterior path (enc_q + decoder) on the mel loss, for
+    # not upstream: the first N steps train the generator on mel + KL only, without the discriminator, for
     # bases trained from scratch, whose decoder cannot make speech yet (upstream's pretrained one can)
-    recon_warmup_steps: int = 0
+    warmup_steps: int = 0
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     base_discriminator: str | None = None  # upstream s2D*.pth to start the discriminator from
 

@@ -49,17 +49,12 @@ class SoVITSForTraining(nn.Module):
         self.net = net
         self.segment_frames = segment_frames
 
-    def forward(self, ssl, spec, spec_lengths, phones, phone_lengths, reconstruct_only: bool = False):
+    def forward(self, ssl, spec, spec_lengths, phones, phone_lengths):
         """ssl [B, 768, L], spec [B, 1025, L] (L even), lengths [B] -> y_hat [B, 1, seg * hop], slice
-        starts [B], mask [B, 1, L] and the KL terms (z_p, m_p, logs_p, logs_q), each [B, C, L].
-        ``reconstruct_only``: only the posterior path (spectrogram -> z -> audio), KL terms None."""
+        starts [B], mask [B, 1, L] and the KL terms (z_p, m_p, logs_p, logs_q), each [B, C, L]."""
         net = self.net
         y_mask = sequence_mask(spec_lengths, spec.shape[2]).unsqueeze(1).to(spec.dtype)
         ge = net.ref_enc(spec[:, : net.cfg.ref_enc_bins] * y_mask, y_mask)
-        if reconstruct_only:
-            z, _, _, y_mask = net.enc_q(spec, spec_lengths, g=ge)
-            z_slice, ids = rand_slice_segments(z, spec_lengths, self.segment_frames)
-            return net.dec(z_slice, g=ge), ids, y_mask, None
         with torch.no_grad(), torch.autocast(spec.device.type, enabled=False):
             # frozen (eval, no gradient): upstream's quantizer in eval returns plain codebook vectors
             codes = net.quantizer.encode(net.ssl_proj(ssl.float()))  # [1, B, L/2]
@@ -121,8 +116,7 @@ class SoVITSStage(Stage):
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [device.index] if device.type == "cuda" else None
-            # the warm-up steps leave the prior path (enc_p, flow) without gradients
-            self.g_ddp = DDP(self.g, device_ids=ids, find_unused_parameters=cfg.recon_warmup_steps > 0)
+            self.g_ddp = DDP(self.g, device_ids=ids)
             self.d_ddp = DDP(self.d, device_ids=ids)
         self.dataset = SoVITSDataset(exp, replicate(train_items, cfg.min_epoch_items), self.segment_frames)
         self.collate = collate_sovits
@@ -159,39 +153,38 @@ class SoVITSStage(Stage):
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
 
-    def _forward(self, batch, g, reconstruct_only: bool = False):
+    def _forward(self, batch, g):
         ssl, spec, spec_lengths, wav, _, phones, phone_lengths = (t.to(self.device) for t in batch)
         hop = self.arch.hop_length
         with self._autocast():
-            y_hat, ids, z_mask, kl = g(ssl, spec, spec_lengths, phones, phone_lengths, reconstruct_only)
+            y_hat, ids, z_mask, (z_p, m_p, logs_p, logs_q) = g(ssl, spec, spec_lengths, phones, phone_lengths)
         a = self.arch
         # log-mels in fp32 outside autocast (upstream computes them inside; stft has no fp16 path on CPU)
         y_mel = slice_segments(spec_to_mel(spec, a.sampling_rate, a.n_mel_channels), ids, self.segment_frames)
         y_hat_spec = spectrogram(y_hat.squeeze(1).float(), a.filter_length, a.hop_length, a.win_length)
         y_hat_mel = spec_to_mel(y_hat_spec, a.sampling_rate, a.n_mel_channels)
         y = slice_segments(wav, ids * hop, self.segment_frames * hop)
-        if kl is None:
-            return y, y_hat, y_mel, y_hat_mel, None
-        z_p, m_p, logs_p, logs_q = kl
         return y, y_hat, y_mel, y_hat_mel, (z_p, logs_q, m_p, logs_p, z_mask)
 
     def warmup_step(self, batch) -> dict[str, float]:
-        """A reconstruction warm-up step (from-scratch bases): spectrogram -> posterior -> decoder,
-        mel loss only; no prior, flow, KL or discriminator, so it costs about a third of a full step
-        and the decoder learns to make speech before the adversarial game starts."""
-        _, _, y_mel, y_hat_mel, _ = self._forward(batch, self.g_ddp, reconstruct_only=True)
+        """A warm-up step (bases trained from scratch): the generator on the mel + KL losses only,
+        no discriminator (about 60% of a full step's time); a random decoder first has to learn to
+        make speech-like spectra at all, which the adversarial game only slows down."""
+        _, _, y_mel, y_hat_mel, kl_terms = self._forward(batch, self.g_ddp)
         loss_mel = F.l1_loss(y_mel, y_hat_mel) * self.cfg.c_mel
+        loss_kl = losses.kl_loss(*kl_terms) * self.cfg.c_kl
+        loss_g = loss_mel + loss_kl
         self.opt_g.zero_grad(set_to_none=True)
-        self.scaler.scale(loss_mel).backward()
+        self.scaler.scale(loss_g).backward()
         self.scaler.unscale_(self.opt_g)
         self.scaler.step(self.opt_g)
         self.scaler.update()
-        return {"loss/g/total": loss_mel.detach().item(), "loss/g/mel": loss_mel.detach().item(),
-                "learning_rate": self.opt_g.param_groups[0]["lr"]}
+        out = {"loss/g/total": loss_g, "loss/g/mel": loss_mel, "loss/g/kl": loss_kl}
+        return {k: v.detach().item() for k, v in out.items()} | {"learning_rate": self.opt_g.param_groups[0]["lr"]}
 
     def train_step(self, micro_batches, step: int) -> dict[str, float]:
         (batch,) = micro_batches
-        if step < self.cfg.recon_warmup_steps:
+        if step < self.cfg.warmup_steps:
             return self.warmup_step(batch)
         y, y_hat, y_mel, y_hat_mel, kl_terms = self._forward(batch, self.g_ddp)
         with self._autocast():
