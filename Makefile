@@ -7,6 +7,8 @@ SYS_STAMP := $(VENV)/.sysdeps-stamp
 PYTEST_ARGS ?=
 # the pretrained speaker encoder (weights inside the package); its dependencies come with .[quality]
 RESEMBLYZER := resemblyzer==0.1.4
+# model version of the demo's tiny base: v2, v2Pro or v2ProPlus (GSV_DEMO_VERSION=v2ProPlus make demo)
+GSV_DEMO_VERSION ?= v2
 
 .PHONY: setup sysdeps test test-fast demo demo-quality protos clean cpp-client
 
@@ -35,13 +37,13 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) scripts/demo.py --out out
+	$(PY) scripts/demo.py --out out --version $(GSV_DEMO_VERSION)
 
 # The long variant (<= 60 minutes on 2 cores): SoVITS trains until the speaker similarity stops
 # improving; the similarity-vs-minutes curve goes to benchmarks/results/.
 QUALITY_CURVE ?= benchmarks/results/demo-quality-$(shell date +%Y-%m-%d).json
 demo-quality: setup
-	$(PY) scripts/demo.py --out out/demo-quality --minutes 45 --curve $(QUALITY_CURVE)
+	$(PY) scripts/demo.py --out out/demo-quality --version $(GSV_DEMO_VERSION) --minutes 45 --curve $(QUALITY_CURVE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache out

@@ -25,12 +25,13 @@ from gsv.checkpoint.bundle import Bundle, replace_dir, sha256_file, update_manif
 from gsv.errors import BundleError, GsvError
 
 from export import verify as V
-from export.graphs import GRAPHS, OPSET, PRECISIONS, constants, io_manifest
-from export.onnx_export import convert_fp16, export_fp32, quantize_int8
+from export.graphs import GRAPHS, OPSET, PRECISIONS, applies, constants, io_manifest
+from export.onnx_export import convert_fp16, export_fp32, quantize_int8, quantize_int8_static
+from export.wrappers import ExportModels
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_VERSIONS = ("v1", "v2")
+SUPPORTED_MODEL_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus")
 TMP_PREFIX = ".export.tmp-"
 VERIFY_FILE = "verify.json"
 
@@ -56,6 +57,7 @@ class ExportOptions:
     seed: int = 0
     greedy_steps: int = V.GREEDY_STEPS
     progress: bool = True
+    calibration_audio: tuple[str, ...] = ()  # references for the INT8 audio graphs' calibration
 
     def __post_init__(self):
         bad = [p for p in self.precisions if p not in PRECISIONS]
@@ -72,6 +74,8 @@ class _Plan:
 
     onnx: dict[tuple[str, str], Path] = field(default_factory=dict)
     trt: dict[str, tuple[Path, dict]] = field(default_factory=dict)
+    # verified but outside their tolerance: not installed, and earlier exports of them are removed
+    withdrawn: set[tuple[str, str]] = field(default_factory=set)
 
 
 def open_checked(path: str | Path) -> Bundle:
@@ -120,12 +124,16 @@ def export_bundle(path: str | Path, opts: ExportOptions = ExportOptions()) -> di
 def _export_into(bundle: Bundle, tmp: Path, opts: ExportOptions, trt_env) -> tuple[dict, _Plan]:
     from tqdm import tqdm
 
-    gpt, sovits = bundle.load_gpt(), bundle.load_sovits()
+    models = ExportModels.from_bundle(bundle)
     consts = constants(bundle.gpt_config, bundle.sovits_config)
     precisions = ["fp32"] + [p for p in opts.precisions if p != "fp32"]  # fp32 is the base of the others
-    graphs = list(opts.graphs)
+    graphs = [g for g in opts.graphs if applies(GRAPHS[g], consts)]
+    skipped = [g for g in opts.graphs if g not in graphs]
+    if skipped:
+        log.info("not exporting %s: only for v2Pro/v2ProPlus bundles", ", ".join(skipped))
     steps = [("export", g, "fp32") for g in graphs]
     steps += [("int8", g, "int8") for g in graphs if "int8" in precisions and GRAPHS[g].quantize]
+    steps += [("int8s", g, "int8") for g in graphs if "int8" in precisions and GRAPHS[g].quantize_static]
     steps += [("fp16", g, "fp16") for g in graphs if "fp16" in precisions]
     steps += [("verify", "", p) for p in precisions if opts.verify]
     steps += [("trt", g, "fp16") for g in graphs if trt_env is not None]
@@ -135,17 +143,24 @@ def _export_into(bundle: Bundle, tmp: Path, opts: ExportOptions, trt_env) -> tup
               "seed": opts.seed, "tolerances": {p: vars(V.TOLERANCES[p]) for p in precisions},
               "precisions": {}, "verified": opts.verify}
     bar = tqdm(steps, desc="gsv-export", unit="step", disable=not opts.progress or not sys.stderr.isatty())
+    calibration = None
     for kind, graph, precision in bar:
         bar.set_postfix_str(f"{kind} {graph or precision}")
         out = tmp / "onnx" / f"{graph}.{precision}.onnx"
         if kind == "export":
-            export_fp32(graph, out, consts, gpt=gpt, sovits=sovits)
+            export_fp32(graph, out, consts, models)
         elif kind == "int8":
             quantize_int8(plan.onnx[(graph, "fp32")], out)
+        elif kind == "int8s":
+            if calibration is None:
+                from export.calibration import audio_calibration
+
+                calibration = audio_calibration(models, seed=opts.seed, audio_files=[Path(p) for p in opts.calibration_audio])
+            quantize_int8_static(plan.onnx[(graph, "fp32")], out, calibration[graph])
         elif kind == "fp16":
             convert_fp16(plan.onnx[(graph, "fp32")], out)
         elif kind == "verify":
-            report["precisions"][precision] = _verify_precision(precision, plan, gpt, sovits, consts, opts)
+            report["precisions"][precision] = _verify_precision(precision, plan, models, consts, opts)
             continue
         elif kind == "trt":
             from export.trt import build_engine
@@ -162,7 +177,7 @@ def _export_into(bundle: Bundle, tmp: Path, opts: ExportOptions, trt_env) -> tup
     if trt_env is not None and opts.verify:
         from export.trt_verify import verify_engines
 
-        report["trt"] = verify_engines(bundle, plan.trt, gpt, sovits, consts, opts.seed)
+        report["trt"] = verify_engines(bundle, plan.trt, models, consts, opts.seed)
         if not report["trt"]["passed"]:
             report["passed"] = False
             raise VerificationFailed(report)
@@ -178,7 +193,7 @@ def _timing_cache(bundle: Bundle, tmp: Path) -> Path:
     return dst
 
 
-def _verify_precision(precision: str, plan: _Plan, gpt, sovits, consts: dict, opts: ExportOptions) -> dict:
+def _verify_precision(precision: str, plan: _Plan, models: ExportModels, consts: dict, opts: ExportOptions) -> dict:
     from gsv.backends.onnx_backend import OnnxAudioBackend, OnnxGPTBackend, OrtGraph
     from gsv.backends.torch_backend import TorchAudioBackend, TorchGPTBackend
 
@@ -186,19 +201,38 @@ def _verify_precision(precision: str, plan: _Plan, gpt, sovits, consts: dict, op
     cases = V.size_cases(opts.seed)
     files = {g: p for (g, p_), p in plan.onnx.items() if p_ == precision}
     sessions = {g: OrtGraph(p, "cpu", opts.threads) for g, p in files.items()}
+    # statically quantised audio graphs are judged on their audio together (below), not per graph
+    static = [g for g in sessions if precision == "int8" and GRAPHS[g].quantize_static]
     graphs = {}
     for g, sess in sessions.items():
-        graphs[g] = V.compare_graph(g, sess, gpt, sovits, consts, cases, tol, opts.seed)
+        if g in static:
+            continue
+        graphs[g] = V.compare_graph(g, sess, models, consts, cases, tol, opts.seed)
         log.info("%s %s: max abs %.3g, max rel %.3g", precision, g, graphs[g]["max_abs_error"], graphs[g]["max_rel_error"])
     greedy = audio = None
+    gpt, sovits = models.gpt, models.sovits
     if "gpt_prefill" in sessions and "gpt_decode" in sessions:
         ort_gpt = OnnxGPTBackend(gpt.cfg, sessions["gpt_prefill"], sessions["gpt_decode"])
         greedy = V.greedy_check(TorchGPTBackend(gpt), ort_gpt, opts.seed, opts.greedy_steps)
     window = sessions.get("sovits_window") or _fp32_session(plan, "sovits_window", opts)
     vocoder = sessions.get("vocoder") or _fp32_session(plan, "vocoder", opts)
-    if window is not None and vocoder is not None and precision != "int8":  # int8 runs the fp32 audio graphs
-        audio = V.audio_snr(TorchAudioBackend(sovits), OnnxAudioBackend(sovits.cfg, window, vocoder), opts.seed)
-    return V.summarize(precision, graphs, greedy, audio)
+    audio_int8 = None
+    if window is not None and vocoder is not None:
+        measured = V.audio_snr(TorchAudioBackend(sovits), OnnxAudioBackend(sovits.cfg, window, vocoder), opts.seed)
+        if static:
+            audio_int8 = V.judge_int8_audio(measured)
+            audio_int8["graphs"] = static
+            log.info("int8 decoder+vocoder: SNR %.1f dB, log-mel L1 %.3f: %s", measured["snr_db"], measured["log_mel_l1"],
+                     "installed" if audio_int8["passed"] else "outside tolerance, onnx-int8 keeps the FP32 audio graphs")
+            if not audio_int8["passed"]:
+                for g in static:
+                    plan.withdrawn.add((g, precision))
+        elif precision != "int8":
+            audio = measured
+    out = V.summarize(precision, graphs, greedy, audio)
+    if audio_int8 is not None:
+        out["audio_int8"] = audio_int8
+    return out
 
 
 def _fp32_session(plan: _Plan, graph: str, opts: ExportOptions):
@@ -222,6 +256,8 @@ def _artifact_key(a: dict) -> tuple:
 def _install(bundle: Bundle, tmp: Path, plan: _Plan, report: dict, trt_env) -> None:
     consts = constants(bundle.gpt_config, bundle.sovits_config)
     new_artifacts = []
+    for key in plan.withdrawn:
+        plan.onnx.pop(key).unlink()
     for (graph, precision), p in plan.onnx.items():
         verified = report["precisions"].get(precision, {}).get("passed") if report["verified"] else None
         new_artifacts.append({
@@ -237,10 +273,11 @@ def _install(bundle: Bundle, tmp: Path, plan: _Plan, report: dict, trt_env) -> N
             "fp32_layers": info["fp32_layers"],
         })
     _merge_verify(bundle.path / "onnx" / VERIFY_FILE, tmp / "onnx" / VERIFY_FILE, report)
-    _swap_dir(bundle.path / "onnx", tmp / "onnx")
+    _swap_dir(bundle.path / "onnx", tmp / "onnx", skip={f"{g}.{p}.onnx" for g, p in plan.withdrawn})
     if plan.trt:
         _swap_dir(bundle.path / "trt", tmp / "trt")
     replaced = {_artifact_key(a) for a in new_artifacts}
+    replaced |= {("onnx", g, p, None, None) for g, p in plan.withdrawn}
 
     def update(manifest):
         kept = [a for a in manifest.get("artifacts", []) if _artifact_key(a) not in replaced]
@@ -274,12 +311,12 @@ def json_safe(x):
     return x
 
 
-def _swap_dir(live: Path, staged: Path) -> None:
-    """Make ``staged`` (plus the live files it does not replace, hard-linked) the live directory."""
+def _swap_dir(live: Path, staged: Path, skip: set[str] = frozenset()) -> None:
+    """Make ``staged`` (plus the live files it does not replace or ``skip``, hard-linked) the live directory."""
     if live.is_dir():
         for item in live.iterdir():
             target = staged / item.name
-            if target.exists():
+            if target.exists() or item.name in skip:
                 continue
             if item.is_dir():
                 shutil.copytree(item, target, copy_function=_link_or_copy)

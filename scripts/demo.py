@@ -56,13 +56,18 @@ def free_port() -> int:
 
 
 def find_pretrained(root: Path) -> dict | None:
-    """Upstream files in pretrained/: one GPT .ckpt, one SoVITS .pth, optional HuBERT/BERT folders."""
+    """Upstream files in pretrained/: one GPT .ckpt, one SoVITS .pth, optional HuBERT/BERT folders, and
+    for a v2Pro/v2ProPlus SoVITS the speaker-verification model (pretrained_eres2netv2w24s4ep4.ckpt)."""
     if not root.is_dir():
         return None
-    ckpts, pths = sorted(root.rglob("*.ckpt")), sorted(p for p in root.rglob("*.pth") if "s2D" not in p.name)
+    sv = sorted(root.rglob("*eres2net*.ckpt"))
+    ckpts = sorted(p for p in root.rglob("*.ckpt") if p not in sv)
+    pths = sorted(p for p in root.rglob("*.pth") if "s2D" not in p.name)
     if not ckpts or not pths:
         return None
     found = {"gpt": ckpts[0], "sovits": pths[0]}
+    if sv and pths[0].read_bytes()[:2] in (b"05", b"06"):  # upstream's v2Pro / v2ProPlus file header
+        found["sv"] = sv[0]
     for key, names in (("hubert", ("chinese-hubert-base",)), ("bert", ("chinese-roberta-wwm-ext-large",))):
         for n in names:
             hits = [d for d in root.rglob(n) if (d / "config.json").exists()]
@@ -103,6 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--curve", help="with --minutes: also write the curve JSON here (benchmarks/results/...)")
     ap.add_argument("--pretrained", default=str(REPO / "pretrained"))
     ap.add_argument("--bench-requests", type=int, default=6)
+    ap.add_argument("--version", default="v2", choices=("v2", "v2Pro", "v2ProPlus"),
+                    help="model version of the tiny base trained from scratch (make demo: GSV_DEMO_VERSION)")
     args = ap.parse_args(argv)
     t_start = time.time()
     phases: dict[str, float] = {}
@@ -123,14 +130,15 @@ def main(argv=None) -> int:
     if pre:
         log(f"2/7 base: upstream pretrained files {pre['gpt'].name} + {pre['sovits'].name} (fine-tuning)")
         cmd = [tool("gsv"), "import", "--gpt", pre["gpt"], "--sovits", pre["sovits"], "--out", work / "base"]
-        for key in ("hubert", "bert"):
+        for key in ("hubert", "bert", "sv"):
             if key in pre:
                 cmd += [f"--{key}", pre[key]]
         run(*cmd)
         recipe.update(gpt_steps=PRETRAINED_STEPS, sovits_steps=PRETRAINED_STEPS, sovits_args=[])
     else:
-        log(f"2/7 base: no upstream weights in pretrained/, so a {recipe['arch']} architecture is trained from scratch")
-        run(tool("gsv-train"), "init", "--out", work / "base", "--arch", recipe["arch"])
+        log(f"2/7 base: no upstream weights in pretrained/, so a {recipe['arch']} {args.version} architecture is "
+            "trained from scratch")
+        run(tool("gsv-train"), "init", "--out", work / "base", "--arch", recipe["arch"], "--version", args.version)
     if args.steps:
         recipe.update(gpt_steps=args.steps, sovits_steps=args.steps)
     run(tool("gsv-train"), "prepare", "--list", work / "data" / "data.list", "--out", work / "exp", "--base",
@@ -214,6 +222,7 @@ def main(argv=None) -> int:
     print(json.dumps({"demo_wav": str(out / "demo.wav"), "bench_png": str(out / "bench.png"),
                       "quality_json": str(out / "quality.json"), "minutes": round(minutes, 2), "tensorrt": trt_note,
                       "base": "pretrained" if pre else recipe["arch"],
+                      "model_version": json.loads((work / "voice" / "manifest.json").read_text())["model_version"],
                       "speaker_similarity": quality["trained"]["speaker_similarity"]}))
     return 0
 

@@ -91,7 +91,7 @@ class ValidationSynth:
         from trainer.data import load_tensors
 
         self.ref_item = ref_item
-        self.ref = load_tensors(exp.file(ref_item), ("phones", "semantic", "bert", "spec"))
+        self.ref = load_tensors(exp.file(ref_item), ("phones", "semantic", "bert", "spec", "sv"))
         self.texts = [text] if isinstance(text, str) else list(text)
         if not self.texts:
             raise GsvError("no validation sentence")
@@ -150,7 +150,8 @@ class ValidationSynth:
         ref_bert = self.ref.get("bert")
         if ref_bert is None or ref_bert.shape[0] != bert_dim:
             ref_bert = torch.zeros(bert_dim, len(ref_phones))
-        ge = sovits.speaker_embedding(self.ref["spec"].float().unsqueeze(0))[0]
+        sv = self.ref.get("sv")  # Pro experiments: the reference item's speaker-verification embedding
+        ge = sovits.speaker_embedding(self.ref["spec"].float().unsqueeze(0), None if sv is None else sv.float().view(1, -1))[0]
         voice = _Voice(ref_phones, ref_bert.float(), self.ref["semantic"].long(), ge)
         engine = Engine(TorchGPTBackend(gpt), TorchAudioBackend(sovits), max_live=1)
         audios = []
