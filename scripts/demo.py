@@ -108,6 +108,7 @@ def main(argv=None) -> int:
     ap.add_argument("--curve", help="with --minutes: also write the curve JSON here (benchmarks/results/...)")
     ap.add_argument("--pretrained", default=str(REPO / "pretrained"))
     ap.add_argument("--bench-requests", type=int, default=6)
+    ap.add_argument("--sentences", type=int, help="training sentences (default: the recipe's)")
     ap.add_argument("--version", default="v2", choices=("v2", "v2Pro", "v2ProPlus"),
                     help="model version of the tiny base trained from scratch (make demo: GSV_DEMO_VERSION)")
     args = ap.parse_args(argv)
@@ -119,6 +120,8 @@ def main(argv=None) -> int:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     recipe = dict(SCRATCH)
+    if args.sentences:
+        recipe["sentences"] = args.sentences
 
     log("1/7 synthetic dataset (espeak-ng): training sentences and held-out ones")
     t = time.time()
