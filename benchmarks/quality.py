@@ -62,7 +62,8 @@ class Utterance:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", required=True)
-    p.add_argument("--voice-audio", required=True, nargs="+", help="the speaker's recordings: folders, .list or WAV files")
+    p.add_argument("--voice-audio", required=True, nargs="+",
+                   help="the speaker's recordings: folders, .list or WAV files")
     p.add_argument("--heldout-audio", nargs="+", default=[], help="recordings training never saw (the ceiling)")
     p.add_argument("--sentences", required=True, help="held-out sentences, one per line")
     p.add_argument("--lang", default="en", help="language of the sentences")
@@ -211,7 +212,8 @@ def _run(synth, voice, sentences, phone_counts, lang, backend, stream, args, ref
     for i, (text, phones) in enumerate(zip(sentences, phone_counts)):
         # a request budget: a model that never says EOS stops at a slow speaking rate, not at 60 s
         budget_s = 1.0 + args.max_seconds_per_phone * phones
-        opts = SynthesisOptions(sampling=SamplingOptions(seed=args.seed + i), streaming=stream, max_audio_seconds=budget_s)
+        opts = SynthesisOptions(sampling=SamplingOptions(seed=args.seed + i), streaming=stream,
+                                max_audio_seconds=budget_s)
         audio, session = synth.synthesize(text, lang, voice, opts)
         sr = C.SAMPLE_RATE
         if args.save_audio:

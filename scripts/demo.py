@@ -215,7 +215,8 @@ def main(argv=None) -> int:
     phases["quality_voice"] = time.time() - t
     minutes = (time.time() - t_start) / 60
     training = {"base": "pretrained" if pre else recipe["arch"], "gpt_steps": recipe["gpt_steps"],
-                "sovits_steps": _stage_steps(work / "exp", "sovits"), "sovits_args": [str(a) for a in recipe["sovits_args"]],
+                "sovits_steps": _stage_steps(work / "exp", "sovits"),
+                "sovits_args": [str(a) for a in recipe["sovits_args"]],
                 "minutes_budget": args.minutes, "sentences": recipe["sentences"]}
     quality = write_quality(out, work, training, minutes, phases)
     if args.minutes:

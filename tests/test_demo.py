@@ -19,7 +19,8 @@ def test_demo_end_to_end(tmp_path, version):
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (make setup installs it)")
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), "--out", str(tmp_path), "--steps", "10",
-                        "--bench-requests", "2", "--sentences", "12", "--pretrained", str(tmp_path / "no-pretrained"), "--version", version],
+                        "--bench-requests", "2", "--sentences", "12", "--pretrained", str(tmp_path / "no-pretrained"),
+                        "--version", version],
                        capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])

@@ -55,12 +55,13 @@ def _common_train_args(p: argparse.ArgumentParser, epochs_default: int) -> None:
 def _common_cfg(args) -> dict:
     from trainer.config import CommonTrainConfig
 
-    kw = dict(epochs=args.epochs, max_steps=args.max_steps, max_minutes=args.max_minutes, seed=args.seed, val_fraction=args.val_fraction,
-              patience=args.patience, early_stop_on=args.early_stop_on, min_epoch_items=args.min_epoch_items,
-              save_every_steps=args.save_every_steps, save_every_epoch=args.save_every_epoch,
-              log_every=args.log_every, resume=not args.restart, device=args.device, fp16=not args.no_fp16,
-              num_workers=args.num_workers, synth=not args.no_synth,
-              synth_text=args.synth_text or CommonTrainConfig.synth_text, synth_lang=args.synth_lang, synth_max_tokens=args.synth_max_tokens, speaker_model=args.speaker_model,
+    kw = dict(epochs=args.epochs, max_steps=args.max_steps, max_minutes=args.max_minutes, seed=args.seed,
+              val_fraction=args.val_fraction, patience=args.patience, early_stop_on=args.early_stop_on,
+              min_epoch_items=args.min_epoch_items, save_every_steps=args.save_every_steps,
+              save_every_epoch=args.save_every_epoch, log_every=args.log_every, resume=not args.restart,
+              device=args.device, fp16=not args.no_fp16, num_workers=args.num_workers, synth=not args.no_synth,
+              synth_text=args.synth_text or CommonTrainConfig.synth_text, synth_lang=args.synth_lang,
+              synth_max_tokens=args.synth_max_tokens, speaker_model=args.speaker_model,
               name=args.name, threads=args.threads)
     if args.batch_size:
         kw["batch_size"] = args.batch_size

@@ -169,7 +169,8 @@ def test_speaker_similarity_comes_from_the_pretrained_encoder_with_ceiling_and_f
         assert rec["val/speaker_similarity_ceiling"] == pytest.approx(ref["ceiling"])
         assert rec["val/speaker_similarity_floor"] == pytest.approx(ref["floor"])
     # the ceiling is what the held-out real utterances score against the training centroid
-    held = [encoder.embed(load_tensors(exp.file(it), ("wav",))["wav"].float().numpy() / 32768, 32000) for it in val_items]
+    held = [encoder.embed(load_tensors(exp.file(it), ("wav",))["wav"].float().numpy() / 32768, 32000)
+            for it in val_items]
     assert ref["ceiling"] == pytest.approx(float(np.mean([h @ centroid for h in held])), abs=1e-3)
     assert ref["floor"] < ref["ceiling"]
     # --early-stop-on similarity: the best weights are those of the highest similarity
