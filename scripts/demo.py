@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     sovits = [tool("gsv-train"), "sovits", "--exp", work / "exp", "--epochs", 100000, *recipe["sovits_args"]]
     if args.minutes:
         heldout = (work / "data" / "heldout.txt").read_text("utf-8").split("\n")
-        sovits += ["--max-minutes", args.minutes, "--early-stop-on", "similarity", "--patience", 4,
+        sovits += ["--max-minutes", args.minutes, "--early-stop-on", "similarity", "--patience", 6,
                    "--min-epoch-items", 800, *[a for x in heldout if x.strip() for a in ("--synth-text", x)]]
     else:
         sovits += ["--max-steps", recipe["sovits_steps"], "--no-synth"]
