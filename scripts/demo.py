@@ -303,6 +303,34 @@ def write_curve(work: Path, quality: dict, gpt_minutes: float, sovits_start: flo
     for path in [work.parent / "quality_curve.json"] + ([Path(extra_path)] if extra_path else []):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=1) + "\n")
+        plot_curve(report, path.with_suffix(".png"))
+
+
+def plot_curve(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(c["training_minutes"], c["speaker_similarity"]) for c in report["curve"]
+           if c["speaker_similarity"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if pts:
+        ax.plot(*zip(*pts), "o-", label="validation (held-out sentences)")
+    final = report["final"]["speaker_similarity"]
+    if pts and final is not None:
+        ax.plot([pts[-1][0]], [final], "s", color="tab:blue", label=f"final, gsv-bench quality {final:.3f}")
+    ax.axhline(report["ceiling"], color="tab:green", ls="--", label=f"ceiling (held-out real) {report['ceiling']:.2f}")
+    ax.axhline(report["floor"], color="tab:red", ls="--", label=f"floor (noise) {report['floor']:.2f}")
+    base = report["untrained_base"]["speaker_similarity"]
+    ax.axhline(base, color="tab:gray", ls=":", label=f"untrained base {base:.2f}")
+    ax.set(xlabel="training minutes (GPT, then SoVITS)", ylabel="speaker similarity", ylim=(0.3, 1.0),
+           title="demo voice: speaker similarity while training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _machine() -> dict:
