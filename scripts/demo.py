@@ -78,8 +78,8 @@ def find_pretrained(root: Path) -> dict | None:
 
 # The from-scratch recipe of the demo (no pretrained base): how it was chosen is in the README
 # ("What the demo voice learns") and in benchmarks/results/*/demo_quality*.json.
-SCRATCH = {"arch": "tiny", "sentences": 60, "heldout": 4, "gpt_steps": 1000, "sovits_steps": 1200,
-           "sovits_args": ["--lr", 2e-3, "--warmup-steps", 1200]}
+SCRATCH = {"arch": "tiny", "sentences": 60, "heldout": 4, "gpt_steps": 1000, "sovits_steps": 500,
+           "sovits_args": ["--lr", 2e-3, "--warmup-steps", 500]}
 PRETRAINED_STEPS = 40  # full-size steps take seconds each on a CPU
 GOAL_SIMILARITY = 0.65  # the goal for the default demo (pretrained speaker encoder)
 MAX_DIFFERENCE = 0.02  # INT8 vs FP32 and streamed vs whole-utterance decoding
