@@ -10,7 +10,7 @@ RESEMBLYZER := resemblyzer==0.1.4
 # model version of the demo's tiny base: v2, v2Pro or v2ProPlus (GSV_DEMO_VERSION=v2ProPlus make demo)
 GSV_DEMO_VERSION ?= v2
 
-.PHONY: setup sysdeps test test-fast demo demo-quality protos clean cpp-client
+.PHONY: setup sysdeps test test-fast demo demo-quality protos clean cpp-client gpu-check
 
 setup: $(STAMP) $(SYS_STAMP)
 
@@ -44,6 +44,11 @@ demo: setup
 QUALITY_CURVE ?= benchmarks/results/demo-quality-$(shell date +%Y-%m-%d).json
 demo-quality: setup
 	$(PY) scripts/demo.py --out out/demo-quality --version $(GSV_DEMO_VERSION) --minutes 45 --curve $(QUALITY_CURVE)
+
+# The GPU measurement (needs a CUDA machine; exits 2 at once without one):
+#   make gpu-check BUNDLE=bundles/v2 OUT=gpu-results
+gpu-check: setup
+	bash scripts/gpu_check.sh "$(BUNDLE)" "$(OUT)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache out

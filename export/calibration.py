@@ -89,7 +89,7 @@ def _sampled_tokens(gpt, n_tokens: int, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def audio_calibration(models, n_windows: int = 12, seed: int = 0,
+def audio_calibration(models, n_windows: int = 8, seed: int = 0,
                       audio_files: list[Path] = ()) -> dict[str, list[dict[str, np.ndarray]]]:
     """Feeds for ``sovits_window`` and ``vocoder`` (graph input name -> array), ``n_windows`` each."""
     gen = torch.Generator().manual_seed(seed)
@@ -97,7 +97,7 @@ def audio_calibration(models, n_windows: int = 12, seed: int = 0,
     s = models.sovits
     feeds: dict[str, list[dict[str, np.ndarray]]] = {"sovits_window": [], "vocoder": []}
     while len(feeds["vocoder"]) < n_windows:
-        tokens = _sampled_tokens(models.gpt, 48, gen)
+        tokens = _sampled_tokens(models.gpt, 40, gen)
         w = int(torch.randint(16, 41, (1,), generator=gen))
         start = int(torch.randint(0, max(1, tokens.numel() - w + 1), (1,), generator=gen))
         codes = tokens[start : start + w].unsqueeze(0)  # [1, W]
