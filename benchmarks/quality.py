@@ -23,10 +23,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -367,7 +367,7 @@ def measure(args) -> dict:
                           "heldout_utterances": len(heldout)},
         "sentences": len(sentences), "seed": args.seed, "runs": runs, "comparisons": comparisons,
         "passed": all(c["passed"] for c in comparisons), "scored_audio": scored,
-        "machine": {"cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(),
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__},
     }
     return _round(report)
