@@ -15,6 +15,7 @@ Backends are used only through their narrow interface, so nothing here depends o
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -208,7 +209,10 @@ class Engine:
         tokens = s.sampler.tokens
         jobs = []
         urgent = self._urgent(s)
-        while (w := s.assembler.next_window(len(tokens), s.seg_finished, urgent)) is not None:
+        relaxed = self.deadline_chunks and s.t_first_audio is not None
+        while (w := s.assembler.next_window(len(tokens), s.seg_finished, urgent, relaxed)) is not None:
+            if s.options.speed != 1.0:  # the vocoder context cut is exact at speed 1 only: vocode it all
+                w = dataclasses.replace(w, v0=-1)
             frames = int(2 * (w.w1 - w.w0) / s.options.speed) + 1 if s.options.speed != 1.0 else 2 * (w.w1 - w.w0)
             jobs.append(DecodeJob(s, s.seg_index, w, torch.tensor(tokens[w.w0 : w.w1], dtype=torch.long),
                                   s.window_noise(w, frames, self.noise_channels), time.monotonic(),
@@ -362,6 +366,7 @@ class Engine:
             with s.lock:
                 samples = s.assemblers[j.segment].accept(j.window, audio)
                 total += audio.size
+                s.samples_decoded += audio.size
                 self._emit(s, samples, j.segment)
                 s.inflight -= 1
         self.observer.on_decode(len(batch), seconds, total / C.SAMPLE_RATE)
@@ -406,6 +411,8 @@ class Engine:
         phone_lens = torch.tensor([len(p) for p in phones_list])
         ge = torch.stack([j.session.voice.ge for j in jobs])
         speed = jobs[0].session.options.speed
+        # tokens of each window the vocoder skips (decoder-only left context)
+        vocode_from = torch.tensor([j.window.vocode_start - j.window.w0 for j in jobs])
         noise = None
         if any(j.noise is not None for j in jobs):
             frames = max(j.noise.shape[1] if j.noise is not None else 0 for j in jobs)
@@ -413,10 +420,11 @@ class Engine:
             for i, j in enumerate(jobs):
                 if j.noise is not None:
                     noise[i, :, : j.noise.shape[1]] = j.noise
-        audio = self.audio.decode_audio(codes, code_lens, phones, phone_lens, ge, noise, speed).float().cpu().numpy()
+        audio = self.audio.decode_audio(codes, code_lens, phones, phone_lens, ge, noise, speed,
+                                        vocode_from if bool(vocode_from.any()) else None).float().cpu().numpy()
         out = []
         for i, j in enumerate(jobs):
-            n = j.codes.numel() * C.SAMPLES_PER_TOKEN if speed == 1.0 else audio.shape[1]
+            n = (j.window.w1 - j.window.vocode_start) * C.SAMPLES_PER_TOKEN if speed == 1.0 else audio.shape[1]
             out.append(np.ascontiguousarray(audio[i, :n]))
         return out
 

@@ -19,7 +19,8 @@ from gsv.errors import OptionError
 from gsv.sampling import RowSampler, SamplingOptions, make_generator
 from gsv.streaming import LATENCY_POLICIES, ChunkPolicy, SegmentAssembler, Window
 
-WHOLE_SEGMENT = ChunkPolicy(first_chunk_tokens=10**6, chunk_tokens=10**6, max_chunk_tokens=10**6, lookahead_tokens=0)
+WHOLE_SEGMENT = ChunkPolicy(first_chunk_tokens=10**6, chunk_tokens=10**6, max_chunk_tokens=10**6, lookahead_tokens=0,
+                            max_relaxed_chunk_tokens=10**6)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class Session:
         self.inflight = 0  # decode jobs not yet emitted
         self.sequence = 0
         self.samples_out = 0
+        self.samples_decoded = 0  # vocoder output of this request's windows (context included): its decoder cost
         self.done = threading.Event()
         self.on_finish = on_finish  # called once, from whichever thread finishes the request
         self.finish_reason = ""
