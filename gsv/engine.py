@@ -82,7 +82,7 @@ class Engine:
         self.queues: dict[Session, deque] = {}  # per-session FIFO of DecodeJob/_Marker
         self.noise_channels = audio.config.inter_channels
         self.deadline_chunks = deadline_chunks
-        self.decode_s_per_token = 0.0  # moving average over decoder calls (window tokens, padding included)
+        self.decode_s_per_token = 0.0  # moving average over decoder calls (vocoded tokens, padding included)
 
     # ------------------------------------------------------------------ admission
     def submit(self, session: Session) -> None:
@@ -208,8 +208,8 @@ class Engine:
     def _schedule(self, s: Session) -> None:
         tokens = s.sampler.tokens
         jobs = []
-        urgent = self._urgent(s)
-        relaxed = self.deadline_chunks and s.t_first_audio is not None
+        listener = self._listener(s)
+        urgent, relaxed = listener == "urgent", listener in ("buffered", "urgent")
         while (w := s.assembler.next_window(len(tokens), s.seg_finished, urgent, relaxed)) is not None:
             if s.options.speed != 1.0:  # the vocoder context cut is exact at speed 1 only: vocode it all
                 w = dataclasses.replace(w, v0=-1)
@@ -234,17 +234,28 @@ class Engine:
                 q.extend(jobs)
                 self.cv.notify_all()
 
-    def _urgent(self, s: Session) -> bool:
-        """Would the listener run dry before the next planned window could be decoded?"""
-        if not self.deadline_chunks or s.t_first_audio is None or s.inflight:
-            return False
+    def _listener(self, s: Session) -> str:
+        """Where the request's listener (playing since its first audio) stands, for window cutting:
+
+        * ``none``: no listener tracking (offline, or before the first audio): planned chunk sizes;
+        * ``buffered``: audio is queued ahead of the listener: wait, windows grow (relaxed);
+        * ``urgent``: the listener would run dry before a window of what is pending could be decoded:
+          cut it now;
+        * ``dry``: the listener already ran out: planned sizes again; a shorter window no longer saves it
+          and only adds decoder work (under overload every stream would be cut to the least efficient size).
+        A window already in flight makes the request ``buffered`` (its audio is on the way).
+        """
+        if not self.deadline_chunks or s.t_first_audio is None:
+            return "none"
+        if s.inflight:
+            return "buffered"
         p = s.assembler.policy
         pending = len(s.sampler.tokens) - s.assembler.scheduled
-        window = p.left_context_tokens + pending + p.lookahead_tokens
+        vocoded = p.vocoder_context_tokens + pending + p.lookahead_tokens
         remaining = s.playback_deadline() - time.monotonic()
-        # already dry: a shorter window no longer saves the listener and only adds decoder work
-        # (under overload every stream would otherwise be cut to the smallest, least efficient chunks)
-        return 0.0 < remaining < window * self.decode_s_per_token + DEADLINE_MARGIN_S
+        if remaining <= 0.0:
+            return "dry"
+        return "urgent" if remaining < vocoded * self.decode_s_per_token + DEADLINE_MARGIN_S else "buffered"
 
     def _end_rows(self, ended: list[int]) -> None:
         if not ended:
@@ -358,7 +369,7 @@ class Engine:
                 s.finish("error", e)
             return True
         seconds = time.perf_counter() - t0
-        padded = len(batch) * max(j.codes.numel() for _, j in batch)
+        padded = len(batch) * max(j.window.w1 - j.window.vocode_start for _, j in batch)
         rate = seconds / max(padded, 1)
         self.decode_s_per_token = rate if not self.decode_s_per_token else 0.8 * self.decode_s_per_token + 0.2 * rate
         total = 0
