@@ -2,11 +2,14 @@
 
     from clients import TtsClient
     with TtsClient("localhost:50051") as tts:
-        for chunk in tts.stream("Hello there.", voice="alice"):
+        for chunk in tts.stream_chunks("Hello there.", voice="alice"):
             play(chunk.samples)            # float32 numpy at chunk.sample_rate
+        result = tts.stream("Hello again.", voice="alice")   # a StreamResult: all chunks + timings
 
-:class:`TtsClient` is synchronous (thread-safe, one channel); :class:`AsyncTtsClient` is the
-asyncio twin.  Both raise :class:`TtsError` (with the gRPC status code) on failure.
+:class:`TtsClient` is synchronous; one instance may be shared by threads (one channel, no
+per-call state on the client: every call's results are returned to its caller).
+:class:`AsyncTtsClient` is the asyncio twin.  Both raise :class:`TtsError` (with the gRPC status
+code) on failure.
 """
 from __future__ import annotations
 
@@ -194,10 +197,14 @@ class TtsClient:
     def synthesize(self, text: str, voice: str, **kw) -> pb.SynthesizeResponse:
         return self._call(self.stub.Synthesize, pb.SynthesizeRequest(config=config(voice, **kw), text=text))
 
-    def stream_chunks(self, text: str, voice: str, **kw) -> Iterator[AudioChunk]:
-        """Yield audio chunks as they arrive; ``self.last`` holds the StreamResult afterwards."""
+    def stream_chunks(self, text: str, voice: str, result: StreamResult | None = None,
+                      **kw) -> Iterator[AudioChunk]:
+        """Yield audio chunks as they arrive; pass a ``result`` to collect them, the start message and
+        the summary into it (it is the caller's, so concurrent calls never share one)."""
         consumer = _Consumer()
-        self.last = consumer.result
+        if result is not None:
+            consumer.result = result
+            result.t_start = time.monotonic()
         call = self.stub.StreamingSynthesize(pb.SynthesizeRequest(config=config(voice, **kw), text=text),
                                              timeout=self.timeout, metadata=self.metadata)
         try:
@@ -212,9 +219,10 @@ class TtsClient:
             consumer.finish()
 
     def stream(self, text: str, voice: str, **kw) -> StreamResult:
-        for _ in self.stream_chunks(text, voice, **kw):
+        result = StreamResult()
+        for _ in self.stream_chunks(text, voice, result=result, **kw):
             pass
-        return self.last
+        return result
 
     def bidi(self, pieces: Iterable[str | tuple[str, bool]], voice: str, **kw) -> StreamResult:
         """Send text pieces (``(text, flush)`` tuples or plain strings) and collect the audio."""

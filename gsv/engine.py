@@ -26,6 +26,7 @@ import torch
 
 from gsv import constants as C
 from gsv.backends.base import AudioBackend, GPTBackend
+from gsv.models.sovits.model import latent_frames
 from gsv.session import DecodeJob, Session
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class EngineObserver:
     def on_decode(self, rows: int, seconds: float, audio_seconds: float) -> None: ...
     def on_chunk(self, session: Session, samples: int, underrun: bool) -> None: ...
     def on_finished(self, session: Session) -> None: ...
+    def on_occupancy(self, live_rows: int, waiting: int) -> None: ...
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Engine:
                 self.waiting.append(session)
             else:  # bidirectional request without text yet
                 session.parked = True
+            self._occupancy()
             self.cv.notify_all()
 
     def append_segments(self, session: Session, segments: list, close: bool = False) -> None:
@@ -115,6 +118,7 @@ class Engine:
                     self.waiting.append(session)
                 elif not session.may_get_more():
                     q.append(_Marker("end", session.seg_index))
+            self._occupancy()
             self.cv.notify_all()
 
     @property
@@ -129,10 +133,16 @@ class Engine:
             return not self.rows and not self.waiting and not any(self.queues.values())
 
     # ------------------------------------------------------------------ AR loop
+    def _occupancy(self) -> None:
+        """Report rows in use and requests waiting for one (call with ``cv`` held)."""
+        self.observer.on_occupancy(len(self.rows), len(self.waiting))
+
     def ar_step(self) -> bool:
         """One scheduler iteration; False when there was nothing to do."""
         self._retire_dead()
         admitted = self._admit()
+        with self.cv:
+            self._occupancy()
         if not self.rows:
             return admitted
         t0 = time.perf_counter()
@@ -209,7 +219,7 @@ class Engine:
         jobs = []
         urgent = self._urgent(s)
         while (w := s.assembler.next_window(len(tokens), s.seg_finished, urgent)) is not None:
-            frames = int(2 * (w.w1 - w.w0) / s.options.speed) + 1 if s.options.speed != 1.0 else 2 * (w.w1 - w.w0)
+            frames = latent_frames(w.w1 - w.w0, s.options.speed)
             jobs.append(DecodeJob(s, s.seg_index, w, torch.tensor(tokens[w.w0 : w.w1], dtype=torch.long),
                                   s.window_noise(w, frames, self.noise_channels), time.monotonic(),
                                   first=s.sequence == 0 and s.inflight == 0 and not jobs, deadline=s.playback_deadline()))
@@ -226,7 +236,7 @@ class Engine:
                 q = self.queues.get(s)
                 if q is None:
                     return
-                s.inflight += sum(isinstance(j, DecodeJob) for j in jobs)
+                s.jobs_scheduled += sum(isinstance(j, DecodeJob) for j in jobs)
                 q.extend(jobs)
                 self.cv.notify_all()
 
@@ -290,6 +300,7 @@ class Engine:
                 self.queues.pop(s, None)
             elif s in self.queues:
                 self.queues[s].clear()
+            self._occupancy()
             self.cv.notify_all()
         if without_row and not s.done.is_set():
             s.finish("cancelled")
@@ -363,7 +374,7 @@ class Engine:
                 samples = s.assemblers[j.segment].accept(j.window, audio)
                 total += audio.size
                 self._emit(s, samples, j.segment)
-                s.inflight -= 1
+                s.jobs_decoded += 1
         self.observer.on_decode(len(batch), seconds, total / C.SAMPLE_RATE)
         # markers that became heads behind the decoded jobs are handled on the next call
         return True
@@ -431,8 +442,7 @@ class Engine:
                 s.emit(np.zeros(0, dtype=np.float32), m.segment, final=True)
                 with self.cv:
                     self.queues.pop(s, None)
-                reason = "max_audio" if s.token_budget is not None and s.total_tokens >= s.token_budget else "completed"
-                s.finish(reason)
+                s.finish(s.end_reason())
                 self.observer.on_finished(s)
 
     def _emit(self, s: Session, samples: np.ndarray, segment: int) -> None:
