@@ -117,7 +117,8 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None, state:
                 stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set), then drain."""
     state = state or build_state(config)
-    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[ErrorMappingInterceptor(state.metrics, SERVICE_NAME)])
+    interceptor = ErrorMappingInterceptor(state.metrics, SERVICE_NAME)
+    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[interceptor])
     tts_pb2_grpc.add_TextToSpeechServicer_to_server(TtsService(state), server)
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -158,7 +159,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None, state:
     if ready is not None:
         ready.set()
     await stop.wait()
-    await drain(state, server, health_servicer)
+    await drain(state, server, health_servicer, interceptor)
 
 
 async def _set_health(servicer, name: str, status) -> None:
@@ -167,7 +168,7 @@ async def _set_health(servicer, name: str, status) -> None:
         await result
 
 
-async def drain(state: ServerState, server, health_servicer) -> None:
+async def drain(state: ServerState, server, health_servicer, interceptor) -> None:
     """Refuse new work (UNAVAILABLE), let in-flight streams finish up to the grace period, stop.
 
     Requests still running at the end of the grace period are cancelled (their clients see
@@ -178,8 +179,19 @@ async def drain(state: ServerState, server, health_servicer) -> None:
     deadline = time.monotonic() + state.config.drain_grace_seconds
     while state.in_flight > 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    log.info("stopping (%d requests still in flight)", state.in_flight)
+    if state.in_flight:
+        log.info("stopping: cancelling %d requests still in flight after the %g s grace period", state.in_flight,
+                 state.config.drain_grace_seconds)
+    else:
+        log.info("stopping")
     await server.stop(1.0)
+    # grpcio has cancelled the calls still running; let their handlers unwind (free their sessions)
+    # before this coroutine returns: tasks still pending when the event loop closes are cancelled
+    # again by asyncio and logged by grpcio as errors
+    unwind = time.monotonic() + 5.0
+    while interceptor.active and time.monotonic() < unwind:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.05)
     state.runner.stop()
     state.frontend_pool.shutdown(wait=False, cancel_futures=True)
     state.voice_pool.shutdown(wait=False, cancel_futures=True)

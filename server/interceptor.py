@@ -55,6 +55,7 @@ async def _checked_stream(requests):
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics, service: str):
         self.metrics, self.prefix = metrics, f"/{service}/"
+        self.active = 0  # handlers running (the server waits for them to unwind before its loop ends)
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -73,11 +74,14 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     def _unary(self, method, behavior):
         async def run(request, context):
             info = begin_call(method)
+            self.active += 1
             try:
                 response = await behavior(_checked(request), context)
             except BaseException as e:  # noqa: BLE001 - every outcome is mapped and counted here
                 await self._fail(method, info, e, context)
                 raise
+            finally:
+                self.active -= 1
             self._count(method, "OK")
             return response
 
@@ -86,6 +90,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     def _stream(self, method, behavior, request_streaming: bool):
         async def run(request, context):
             info = begin_call(method)
+            self.active += 1
             try:
                 arg = _checked_stream(request) if request_streaming else _checked(request)
                 # aclosing: the handler's own cleanup (cancel the session, free its admission
@@ -99,6 +104,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             except BaseException as e:  # noqa: BLE001
                 await self._fail(method, info, e, context)
                 raise
+            finally:
+                self.active -= 1
             self._count(method, "OK")
 
         return run
