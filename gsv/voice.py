@@ -35,6 +35,7 @@ VOICE_FORMAT_VERSION = 1
 SILENCE_RMS = 1e-4  # below this (about -80 dBFS) a reference is treated as silent
 CLIP_LEVEL = 0.999
 MAX_CLIPPED_FRACTION = 0.01
+AUX_MIN_SECONDS = 0.5  # shortest auxiliary reference (its spectrogram must span the reference encoder's frames)
 
 
 @dataclass
@@ -88,13 +89,18 @@ def validate_consent(statement: str) -> str:
 
 # ---------------------------------------------------------------------------------------- audio checks
 def check_reference(samples: np.ndarray, sr: int, name: str = "reference audio", *, check_length: bool = True) -> None:
-    """Raise AudioError for audio upstream would refuse or that cannot give a usable voice."""
+    """Raise AudioError for audio upstream would refuse or that cannot give a usable voice.
+
+    ``check_length=False`` (auxiliary references, used only for the speaker vector): any length from
+    AUX_MIN_SECONDS up (the reference spectrogram needs a few frames; upstream crashes below that)."""
     if not np.all(np.isfinite(samples)):
         raise AudioError(f"{name} contains NaN or infinite samples")
     seconds = samples.size / sr
     if check_length and not C.REF_MIN_SECONDS <= seconds <= C.REF_MAX_SECONDS:
         raise AudioError(f"{name} is {seconds:.2f} s long; it must be between {C.REF_MIN_SECONDS:g} and "
                          f"{C.REF_MAX_SECONDS:g} seconds")
+    if not check_length and seconds < AUX_MIN_SECONDS:
+        raise AudioError(f"{name} is {seconds:.2f} s long; it must be at least {AUX_MIN_SECONDS:g} seconds")
     rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
     if rms < SILENCE_RMS:
         raise AudioError(f"{name} is silent (RMS {rms:.2g})")

@@ -20,7 +20,8 @@ import asyncio
 import contextvars
 import enum
 import logging
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
 from gsv.errors import GsvError, VoiceError
 
@@ -110,7 +111,8 @@ class CallInfo:
     """What the error mapping knows about the request being handled (set by the door and handler)."""
 
     method: str
-    request_id: str | None = None
+    # every call has an id for its logs and fault messages; synthesis replaces it by the client's
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 _CURRENT: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar("gsv_call", default=None)

@@ -121,9 +121,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(e, asyncio.CancelledError):
             return  # the client is gone (or the server stops): nothing to send
         if is_fault(e):
-            log.error("%s request %s failed", method, info.request_id or "?", exc_info=e)
+            log.error("%s request %s failed", method, info.request_id, exc_info=e)
         elif failure.code is Code.INTERNAL:
-            log.warning("%s request %s: %s", method, info.request_id or "?", failure.message)
+            log.warning("%s request %s: %s", method, info.request_id, failure.message)
         if failure.retry_after_ms:
             context.set_trailing_metadata((("grpc-retry-pushback-ms", str(failure.retry_after_ms)),))
         await context.abort(GRPC_CODE[failure.code], failure.message)
