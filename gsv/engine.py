@@ -260,7 +260,8 @@ class Engine:
         self.rows = [s for i, s in enumerate(self.rows) if i not in set(ended)]
         with self.cv:
             for s in sessions:
-                if s.cancelled:
+                if s.cancelled:  # cancelled while its row was still live: end it now
+                    self._finish_now(s, "cancelled")
                     continue
                 if s.more_segments():
                     s.seg_index += 1
@@ -289,20 +290,25 @@ class Engine:
             self.observer.on_finished(s)
 
     def cancel(self, s: Session) -> None:
-        """Cancel from any thread: a row is freed at the next AR iteration; a request without a row
-        (queued, or waiting for more input) ends now; queued decode jobs are dropped now."""
+        """Cancel from any thread: a row is freed (and the request ended) at the next AR iteration; a
+        request without a row — queued, waiting for more input, or with only decoding left — ends
+        now; queued decode jobs are dropped now."""
         s.cancel()
         with self.cv:
-            without_row = s in self.waiting or s.parked
+            # rows is rebound by the AR thread; either binding is fine: a session seen with a row is
+            # ended by that thread (_retire_dead/_end_rows), one seen without a row ends here, and
+            # ending twice is a no-op
+            has_row = s in self.rows
             if s in self.waiting:
                 self.waiting.remove(s)
-            if without_row:
+            if has_row:
+                if s in self.queues:
+                    self.queues[s].clear()
+            else:
                 self.queues.pop(s, None)
-            elif s in self.queues:
-                self.queues[s].clear()
             self._occupancy()
             self.cv.notify_all()
-        if without_row and not s.done.is_set():
+        if not has_row and not s.done.is_set():
             s.finish("cancelled")
             self.observer.on_finished(s)
 

@@ -148,8 +148,7 @@ class ServerProcess:
             self._err.close()
 
     def stderr(self) -> str:
-        self._err.flush()
-        return self.log.read_text(errors="replace")
+        return self.log.read_text(errors="replace")  # the child writes the file directly
 
     def kill(self) -> None:
         if self.proc.poll() is None:

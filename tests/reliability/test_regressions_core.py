@@ -214,3 +214,22 @@ def test_trt_backend_gets_the_device(monkeypatch, tiny_bundle):
     open_backends(tiny_bundle, "trt", device="cuda:1")
     open_backends(tiny_bundle, "trt")
     assert seen == ["cuda:1", "cuda"]
+
+
+def test_cancel_after_the_last_token_still_ends_the_request():
+    """Found by the storm: a request cancelled after its GPT row ended (only decoding left) kept its
+    decode queue and never finished — a leak per disconnected client."""
+    from gsv.backends.torch_backend import TorchAudioBackend, TorchGPTBackend
+    from gsv.engine import Engine
+    from tests.conftest import tiny_gpt
+    from tests.core.test_engine import make_segments, make_voice
+
+    eng = Engine(TorchGPTBackend(tiny_gpt(seed=5)), TorchAudioBackend(tiny_sovits(seed=5)))
+    s = Session("late", make_voice(), make_segments(n=1), SynthesisOptions(sampling=SamplingOptions(seed=1,
+                                                                                                      max_tokens=5)))
+    eng.submit(s)
+    while eng.ar_step() and eng.live:  # the AR side finishes; the decoder never ran
+        pass
+    assert eng.live == 0 and eng.queues[s] and not s.done.is_set()
+    eng.cancel(s)
+    assert s.done.is_set() and s.finish_reason == "cancelled" and s not in eng.queues and eng.idle()
