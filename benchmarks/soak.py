@@ -11,7 +11,8 @@ after the warm-up (``--warmup-minutes``), and the drift of p95 time to first aud
 and the last ``--drift-minutes``.
 
 The server's RSS is read from its Prometheus endpoint (``process_resident_memory_bytes``) or, for a
-server on this machine, from ``/proc/PID/status``.  Churned voices are registered from audio the
+server on this machine, from ``/proc/PID/status``; with ``--server-log`` the ERROR lines the server
+logged meanwhile are counted too (a fault a client never saw is still a fault).  Churned voices are registered from audio the
 server itself synthesizes at the start (or ``--ref-audio``), so no reference file is needed.
 """
 from __future__ import annotations
@@ -45,6 +46,7 @@ def add_arguments(p) -> None:
     p.add_argument("--token")
     p.add_argument("--metrics", help="server Prometheus URL (http://host:port/metrics), for its RSS")
     p.add_argument("--server-pid", type=int, help="PID of a server on this machine, for its RSS (/proc)")
+    p.add_argument("--server-log", help="the server's log file: ERROR lines written during the soak are reported")
     p.add_argument("--max-audio-seconds", type=float, default=4.0, help="cap per request")
     p.add_argument("--window-seconds", type=float, default=60.0)
     p.add_argument("--warmup-minutes", type=float, default=5.0, help="RSS growth is measured after this")
@@ -248,12 +250,25 @@ def report(rec: Recorder, args) -> dict:
             "rss_samples": [[round(t, 1), round(mb, 1)] for t, mb in rec.rss]}
 
 
+def log_errors(path: str, start: int) -> list[str]:
+    """ERROR and traceback lines the server logged after byte ``start`` of its log."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        lines = f.read().decode(errors="replace").splitlines()
+    return [line for line in lines if " ERROR " in line or line.startswith("Traceback")]
+
+
 def run(args) -> int:
     if args.minutes <= 0 or args.concurrency < 1:
         print("gsv-bench: error: --minutes must be > 0 and --concurrency >= 1", file=sys.stderr)
         return 2
+    log_start = Path(args.server_log).stat().st_size if args.server_log else 0
     rec = asyncio.run(soak(args))
     result = report(rec, args)
+    if args.server_log:
+        errors = log_errors(args.server_log, log_start)
+        result["totals"]["server_log_errors"] = len(errors)
+        result["server_log_error_lines"] = errors[:20]
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps({"out": args.out, **result["totals"]}))

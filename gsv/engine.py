@@ -234,7 +234,9 @@ class Engine:
         if jobs:
             with self.cv:
                 q = self.queues.get(s)
-                if q is None:
+                # a cancel between this step's retire and now has already dropped the queued windows:
+                # queueing later ones would leave a gap the assembler cannot accept
+                if q is None or s.cancelled:
                     return
                 s.jobs_scheduled += sum(isinstance(j, DecodeJob) for j in jobs)
                 q.extend(jobs)
@@ -377,10 +379,18 @@ class Engine:
         total = 0
         for (s, j), audio in zip(batch, audios):
             with s.lock:
-                samples = s.assemblers[j.segment].accept(j.window, audio)
+                s.jobs_decoded += 1
+                if s.cancelled:
+                    continue  # cancelled while decoding: nobody waits for this audio
+                try:
+                    samples = s.assemblers[j.segment].accept(j.window, audio)
+                except Exception as e:  # a bug in one request must not cost the others in the batch
+                    log.exception("request %s: decoded window rejected; failing the request", s.request_id)
+                    self.cancel(s)
+                    s.finish("error", e)
+                    continue
                 total += audio.size
                 self._emit(s, samples, j.segment)
-                s.jobs_decoded += 1
         self.observer.on_decode(len(batch), seconds, total / C.SAMPLE_RATE)
         # markers that became heads behind the decoded jobs are handled on the next call
         return True

@@ -233,3 +233,32 @@ def test_cancel_after_the_last_token_still_ends_the_request():
     assert eng.live == 0 and eng.queues[s] and not s.done.is_set()
     eng.cancel(s)
     assert s.done.is_set() and s.finish_reason == "cancelled" and s not in eng.queues and eng.idle()
+
+
+def test_cancel_during_an_ar_step_never_leaves_a_gap_for_the_decoder():
+    """Found by the 30-minute soak: a cancel landing between an AR step's retire and its scheduling
+    dropped the queued windows, then queued the next one; the decoder then raised "windows accepted
+    out of order" (and lost the audio of every other request in that batch)."""
+    from gsv.backends.torch_backend import TorchAudioBackend, TorchGPTBackend
+    from gsv.engine import Engine
+    from tests.conftest import tiny_gpt
+    from tests.core.test_engine import make_segments, make_voice
+
+    eng = Engine(TorchGPTBackend(tiny_gpt(seed=5)), TorchAudioBackend(tiny_sovits(seed=5)))
+    other = Session("other", make_voice(1), make_segments(1, n=1), SynthesisOptions(
+        sampling=SamplingOptions(seed=2, max_tokens=60)), sink=lambda c: None)
+    s = Session("gap", make_voice(), make_segments(n=1), SynthesisOptions(sampling=SamplingOptions(seed=1,
+                                                                                                   max_tokens=60)))
+    eng.submit(s)
+    eng.submit(other)
+    while len(eng.queues[s]) < 2:  # at least two windows queued, none decoded
+        eng.ar_step()
+    eng.decode_step()
+    eng.cancel(s)  # drops the queued windows; the row goes at the next retire ...
+    eng._retire_dead = lambda: None  # ... which this cancel just missed
+    for _ in range(40):
+        eng.ar_step()
+    assert not eng.queues.get(s)  # nothing queued after the gap
+    while eng.decode_step():  # and the decoder keeps serving the other request
+        pass
+    assert other.samples_out > 0
