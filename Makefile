@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 SYS_STAMP := $(VENV)/.sysdeps-stamp
 PYTEST_ARGS ?=
+# model version of the demo's tiny base: v2, v2Pro or v2ProPlus (GSV_DEMO_VERSION=v2ProPlus make demo)
+GSV_DEMO_VERSION ?= v2
 
 .PHONY: setup sysdeps test test-fast demo protos clean cpp-client
 
@@ -32,7 +34,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) scripts/demo.py --out out
+	$(PY) scripts/demo.py --out out --version $(GSV_DEMO_VERSION)
 
 clean:
 	rm -rf $(VENV) .pytest_cache out

@@ -5,6 +5,7 @@ backends (through the bundle manifest, which records each artifact's IO) read gr
 from.  Dimension names are either *constants* of the bundle's architecture (``n_layer``,
 ``hidden``, ``heads``, ``head_dim``, ``vocab``, ``bert_dim``, ``inter``, ``gin``, ``spec``; resolved from the configs) or
 *dynamic axes* (everything else), which become ONNX ``dim_param`` names and TensorRT profile keys.
+A tensor or graph with ``when="pro"`` exists only for v2Pro/v2ProPlus bundles (constant ``pro``).
 
 Graphs (wrappers in :mod:`export.wrappers`; sampling is never inside a graph):
 
@@ -12,7 +13,10 @@ Graphs (wrappers in :mod:`export.wrappers`; sampling is never inside a graph):
 * ``gpt_decode``: one token per row + the cache (one input per layer, so runtimes read the
   caller's cache in place) -> logits and the new keys/values.  ORT runs it with any cache length;
   TensorRT pins ``cache`` to one static length (min = opt = max) and the caller pre-allocates it.
-* ``speaker_encoder``: reference spectrogram -> ge (once per voice).
+* ``speaker_encoder``: reference spectrogram (+ its speaker-verification embedding for Pro models)
+  -> ge (once per voice).
+* ``speaker_verification`` (Pro only): 16 kHz fbank features -> speaker-verification embedding
+  (ERes2NetV2; once per voice and reference).  The fbank itself stays outside the graph.
 * ``sovits_decoder``: the issue's full form, codes + target phones + reference spectrogram -> z, ge.
 * ``sovits_window``: the serving form, with the voice's ge as input.  Its codes are a streaming
   window ``left context | new tokens | lookahead`` (a whole segment is a window without context);
@@ -25,6 +29,8 @@ deterministic and comparable with PyTorch sample for sample; ``speed`` is a 0-d 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from gsv import constants as C
 
 OPSET = 17  # LayerNormalization is a native op from 17 on (no decomposed LN for runtimes to re-fuse)
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -43,12 +49,13 @@ class TensorSpec:
     dtype: str  # "int64" | "float32"
     dims: tuple = ()
     per_layer: bool = False
+    when: str | None = None  # a constant that must be non-zero for the tensor to exist (e.g. "pro")
 
 
 @dataclass(frozen=True)
 class GraphSpec:
     name: str
-    model: str  # "gpt" | "sovits": which bundle weights it holds
+    model: str  # "gpt" | "sovits" | "sv": which bundle weights it holds
     wrapper: str  # class name in export.wrappers
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
@@ -56,10 +63,11 @@ class GraphSpec:
     trt_profile: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     quantize: bool = False  # gets an INT8 (dynamic quantisation) variant for CPU serving
     description: str = ""
+    when: str | None = None  # a constant that must be non-zero for the graph to exist (e.g. "pro")
 
 
-def _t(name, dtype, *dims, per_layer=False) -> TensorSpec:
-    return TensorSpec(name, dtype, tuple(dims), per_layer)
+def _t(name, dtype, *dims, per_layer=False, when=None) -> TensorSpec:
+    return TensorSpec(name, dtype, tuple(dims), per_layer, when)
 
 
 I64, F32 = "int64", "float32"
@@ -91,16 +99,27 @@ GRAPHS: dict[str, GraphSpec] = {
         ),
         GraphSpec(
             "speaker_encoder", "sovits", "SpeakerEncoderGraph",
-            inputs=(_t("refer", F32, "batch", "spec", "refer_frames"), _t("refer_lens", I64, "batch")),
+            inputs=(_t("refer", F32, "batch", "spec", "refer_frames"), _t("refer_lens", I64, "batch"),
+                    _t("sv", F32, "batch", "sv_dim", when="pro")),
             outputs=(_t("ge", F32, "batch", "gin", 1),),
             trt_profile={"batch": (1, 1, 4), "refer_frames": (8, 300, 1000)},
-            description="linear spectrogram [B,1025,T] -> speaker vector ge [B,gin,1]",
+            description="linear spectrogram [B,1025,T] (+ Pro: sv embedding [B,sv_dim]) -> speaker vector ge [B,gin,1]",
+        ),
+        GraphSpec(
+            "speaker_verification", "sv", "SpeakerVerificationGraph",
+            inputs=(_t("fbank", F32, "batch", "fbank_frames", "mels"),),
+            outputs=(_t("embedding", F32, "batch", "sv_dim"),),
+            # 0.5 s .. 3 s (opt) .. 30 s of reference audio at 100 frames per second
+            trt_profile={"batch": (1, 1, 4), "fbank_frames": (48, 298, 2998)},
+            description="16 kHz log-mel fbank [B,T,80] -> ERes2NetV2 embedding [B,sv_dim] (time mean of the fused map)",
+            when="pro",
         ),
         GraphSpec(
             "sovits_decoder", "sovits", "SoVITSDecoderGraph",
             inputs=(_t("codes", I64, "batch", "codes"), _t("code_lens", I64, "batch"),
                     _t("phones", I64, "batch", "phones"), _t("phone_lens", I64, "batch"),
                     _t("refer", F32, "batch", "spec", "refer_frames"), _t("refer_lens", I64, "batch"),
+                    _t("sv", F32, "batch", "sv_dim", when="pro"),
                     _t("noise", F32, "batch", "inter", "frames"), _t("speed", F32)),
             outputs=(_t("z", F32, "batch", "inter", "frames"), _t("frame_lens", I64, "batch"),
                      _t("ge", F32, "batch", "gin", 1)),
@@ -136,19 +155,27 @@ SERVING_GRAPHS = ("gpt_prefill", "gpt_decode", "sovits_window", "vocoder")
 
 
 def constants(gpt_config, sovits_config) -> dict[str, int]:
-    """Architecture constants that dimension names may refer to."""
+    """Architecture constants that dimension names (and ``when`` conditions) may refer to."""
     return {
         "n_layer": gpt_config.n_layer, "hidden": gpt_config.hidden_dim, "vocab": gpt_config.vocab_size,
         "heads": gpt_config.n_head, "head_dim": gpt_config.hidden_dim // gpt_config.n_head,
         "bert_dim": gpt_config.bert_dim, "inter": sovits_config.inter_channels, "gin": sovits_config.gin_channels,
-        "spec": sovits_config.spec_channels,
+        "spec": sovits_config.spec_channels, "pro": int(sovits_config.is_pro), "sv_dim": sovits_config.sv_dim,
+        "mels": C.SV_N_MELS,
     }
+
+
+def applies(spec: GraphSpec, consts: dict[str, int]) -> bool:
+    """Whether ``spec`` exists for the bundle these constants describe."""
+    return spec.when is None or bool(consts.get(spec.when))
 
 
 def expand(specs: tuple[TensorSpec, ...], consts: dict[str, int]) -> list[tuple[str, str, tuple]]:
     """(name, dtype, dims) of every tensor, per-layer tensors expanded; constant dims resolved to ints."""
     out = []
     for s in specs:
+        if s.when is not None and not consts.get(s.when):
+            continue
         dims = tuple(consts.get(d, d) if isinstance(d, str) else d for d in s.dims)
         names = [s.name.format(i) for i in range(consts["n_layer"])] if s.per_layer else [s.name]
         out.extend((n, s.dtype, dims) for n in names)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from export.graphs import GRAPHS, OPSET, dynamic_axes, input_names, output_names
-from export.wrappers import TRACE_SIZES, build_wrapper, sample_inputs
+from export.wrappers import TRACE_SIZES, ExportModels, build_wrapper, sample_inputs
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,12 @@ INT8_OPS = ("MatMul", "Gemm")
 INT8_KEEP_FP32_OUTPUTS = ("logits",)
 
 
-def export_fp32(graph: str, path: Path, consts: dict, gpt=None, sovits=None) -> None:
+def export_fp32(graph: str, path: Path, consts: dict, models: ExportModels) -> None:
     """Trace the wrapper of ``graph`` and write an FP32 ONNX file (weights inline)."""
     spec = GRAPHS[graph]
-    wrapper = build_wrapper(graph, gpt=gpt, sovits=sovits)
+    wrapper = build_wrapper(graph, models)
     gen = torch.Generator().manual_seed(0)
-    args = sample_inputs(graph, TRACE_SIZES, getattr(gpt, "cfg", None), getattr(sovits, "cfg", None), gen)
+    args = sample_inputs(graph, TRACE_SIZES, models, gen)
     with torch.no_grad(), warnings.catch_warnings():
         # the tracer warns about every Python int it sees; the dynamic-length verification is what
         # proves no length was baked in, so the warnings would only be noise here

@@ -25,12 +25,13 @@ from gsv.checkpoint.bundle import Bundle, replace_dir, sha256_file, update_manif
 from gsv.errors import BundleError, GsvError
 
 from export import verify as V
-from export.graphs import GRAPHS, OPSET, PRECISIONS, constants, io_manifest
+from export.graphs import GRAPHS, OPSET, PRECISIONS, applies, constants, io_manifest
 from export.onnx_export import convert_fp16, export_fp32, quantize_int8
+from export.wrappers import ExportModels
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_VERSIONS = ("v1", "v2")
+SUPPORTED_MODEL_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus")
 TMP_PREFIX = ".export.tmp-"
 VERIFY_FILE = "verify.json"
 
@@ -120,10 +121,13 @@ def export_bundle(path: str | Path, opts: ExportOptions = ExportOptions()) -> di
 def _export_into(bundle: Bundle, tmp: Path, opts: ExportOptions, trt_env) -> tuple[dict, _Plan]:
     from tqdm import tqdm
 
-    gpt, sovits = bundle.load_gpt(), bundle.load_sovits()
+    models = ExportModels.from_bundle(bundle)
     consts = constants(bundle.gpt_config, bundle.sovits_config)
     precisions = ["fp32"] + [p for p in opts.precisions if p != "fp32"]  # fp32 is the base of the others
-    graphs = list(opts.graphs)
+    graphs = [g for g in opts.graphs if applies(GRAPHS[g], consts)]
+    skipped = [g for g in opts.graphs if g not in graphs]
+    if skipped:
+        log.info("not exporting %s: only for v2Pro/v2ProPlus bundles", ", ".join(skipped))
     steps = [("export", g, "fp32") for g in graphs]
     steps += [("int8", g, "int8") for g in graphs if "int8" in precisions and GRAPHS[g].quantize]
     steps += [("fp16", g, "fp16") for g in graphs if "fp16" in precisions]
@@ -139,13 +143,13 @@ def _export_into(bundle: Bundle, tmp: Path, opts: ExportOptions, trt_env) -> tup
         bar.set_postfix_str(f"{kind} {graph or precision}")
         out = tmp / "onnx" / f"{graph}.{precision}.onnx"
         if kind == "export":
-            export_fp32(graph, out, consts, gpt=gpt, sovits=sovits)
+            export_fp32(graph, out, consts, models)
         elif kind == "int8":
             quantize_int8(plan.onnx[(graph, "fp32")], out)
         elif kind == "fp16":
             convert_fp16(plan.onnx[(graph, "fp32")], out)
         elif kind == "verify":
-            report["precisions"][precision] = _verify_precision(precision, plan, gpt, sovits, consts, opts)
+            report["precisions"][precision] = _verify_precision(precision, plan, models, consts, opts)
             continue
         elif kind == "trt":
             from export.trt import build_engine
@@ -162,7 +166,7 @@ def _export_into(bundle: Bundle, tmp: Path, opts: ExportOptions, trt_env) -> tup
     if trt_env is not None and opts.verify:
         from export.trt_verify import verify_engines
 
-        report["trt"] = verify_engines(bundle, plan.trt, gpt, sovits, consts, opts.seed)
+        report["trt"] = verify_engines(bundle, plan.trt, models, consts, opts.seed)
         if not report["trt"]["passed"]:
             report["passed"] = False
             raise VerificationFailed(report)
@@ -178,7 +182,7 @@ def _timing_cache(bundle: Bundle, tmp: Path) -> Path:
     return dst
 
 
-def _verify_precision(precision: str, plan: _Plan, gpt, sovits, consts: dict, opts: ExportOptions) -> dict:
+def _verify_precision(precision: str, plan: _Plan, models: ExportModels, consts: dict, opts: ExportOptions) -> dict:
     from gsv.backends.onnx_backend import OnnxAudioBackend, OnnxGPTBackend, OrtGraph
     from gsv.backends.torch_backend import TorchAudioBackend, TorchGPTBackend
 
@@ -188,9 +192,10 @@ def _verify_precision(precision: str, plan: _Plan, gpt, sovits, consts: dict, op
     sessions = {g: OrtGraph(p, "cpu", opts.threads) for g, p in files.items()}
     graphs = {}
     for g, sess in sessions.items():
-        graphs[g] = V.compare_graph(g, sess, gpt, sovits, consts, cases, tol, opts.seed)
+        graphs[g] = V.compare_graph(g, sess, models, consts, cases, tol, opts.seed)
         log.info("%s %s: max abs %.3g, max rel %.3g", precision, g, graphs[g]["max_abs_error"], graphs[g]["max_rel_error"])
     greedy = audio = None
+    gpt, sovits = models.gpt, models.sovits
     if "gpt_prefill" in sessions and "gpt_decode" in sessions:
         ort_gpt = OnnxGPTBackend(gpt.cfg, sessions["gpt_prefill"], sessions["gpt_decode"])
         greedy = V.greedy_check(TorchGPTBackend(gpt), ort_gpt, opts.seed, opts.greedy_steps)

@@ -26,7 +26,7 @@ class _EngineSession:
         return [t.float().cpu() if t.is_floating_point() else t.cpu() for t in self.engine.run(feeds)]
 
 
-def verify_engines(bundle, engines: dict, gpt, sovits, consts: dict, seed: int) -> dict:
+def verify_engines(bundle, engines: dict, models, consts: dict, seed: int) -> dict:
     """engines: graph -> (plan path, build info).  Returns the ``trt`` section of verify.json."""
     from gsv.backends.torch_backend import TorchAudioBackend, TorchGPTBackend
     from gsv.backends.trt_backend import TrtAudioBackend, TrtEngine, TrtGPTBackend
@@ -35,7 +35,8 @@ def verify_engines(bundle, engines: dict, gpt, sovits, consts: dict, seed: int) 
     tol = V.TOLERANCES["fp16"]
     loaded = {g: TrtEngine(p, device) for g, (p, _) in engines.items()}
     cases = [dict(c, cache=TRT_CACHE_LEN) for c in V.size_cases(seed)]
-    graphs = {g: V.compare_graph(g, _EngineSession(e), gpt, sovits, consts, cases, tol, seed) for g, e in loaded.items()}
+    graphs = {g: V.compare_graph(g, _EngineSession(e), models, consts, cases, tol, seed) for g, e in loaded.items()}
+    gpt, sovits = models.gpt, models.sovits
     greedy = audio = None
     if {"gpt_prefill", "gpt_decode"} <= loaded.keys():
         greedy = V.greedy_check(TorchGPTBackend(gpt), TrtGPTBackend(gpt.cfg, loaded["gpt_prefill"], loaded["gpt_decode"]), seed)

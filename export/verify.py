@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from export.graphs import GRAPHS, input_names
-from export.wrappers import build_wrapper, sample_inputs
+from export.wrappers import ExportModels, build_wrapper, sample_inputs
 
 log = logging.getLogger(__name__)
 
@@ -60,25 +60,28 @@ def size_cases(seed: int, n: int = 3) -> list[dict]:
     """``n`` random dynamic-size cases; the first is a single short row, the others batched."""
     rng = np.random.default_rng(seed)
     cases = [{"batch": 1, "phones": int(rng.integers(3, 12)), "prompt": 0, "cache": int(rng.integers(2, 10)),
-              "codes": int(rng.integers(3, 10)), "refer_frames": int(rng.integers(10, 40)), "speed": 1.0}]
+              "codes": int(rng.integers(3, 10)), "refer_frames": int(rng.integers(10, 40)),
+              "fbank_frames": int(rng.integers(30, 60)), "speed": 1.0}]
     for i in range(1, n):
         cases.append({
             "batch": int(rng.integers(2, 4)), "phones": int(rng.integers(10, 48)), "prompt": int(rng.integers(4, 40)),
             "cache": int(rng.integers(20, 120)), "codes": int(rng.integers(12, 40)),
-            "refer_frames": int(rng.integers(40, 160)), "speed": 1.0 if i % 2 else float(rng.choice([0.8, 1.25])),
+            "refer_frames": int(rng.integers(40, 160)), "fbank_frames": int(rng.integers(40, 120)),
+            "speed": 1.0 if i % 2 else float(rng.choice([0.8, 1.25])),
         })
     return cases
 
 
-def compare_graph(graph: str, session, gpt, sovits, consts: dict, cases: list[dict], tol: Tolerance, seed: int) -> dict:
+def compare_graph(graph: str, session, models: ExportModels, consts: dict, cases: list[dict], tol: Tolerance,
+                  seed: int) -> dict:
     """Run ``graph`` in ``session`` (an OrtGraph) and in its torch wrapper on every case."""
     spec = GRAPHS[graph]
-    wrapper = build_wrapper(graph, gpt=gpt, sovits=sovits)
+    wrapper = build_wrapper(graph, models)
     names = input_names(spec, consts)
     results = []
     for k, sizes in enumerate(cases):
         gen = torch.Generator().manual_seed(seed * 1000 + k)
-        args = sample_inputs(graph, sizes, gpt.cfg if gpt else None, sovits.cfg if sovits else None, gen)
+        args = sample_inputs(graph, sizes, models, gen)
         with torch.no_grad():
             ref = wrapper(*args)
         ref = ref if isinstance(ref, tuple) else (ref,)

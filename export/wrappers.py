@@ -6,10 +6,25 @@ dynamic sizes; the exporter traces with it and the verifier compares runtimes wi
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from export.graphs import GRAPHS
+
+
+@dataclass
+class ExportModels:
+    """The bundle's eager models a graph may hold (``GraphSpec.model`` names one); ``sv`` only for Pro."""
+
+    gpt: nn.Module
+    sovits: nn.Module
+    sv: nn.Module | None = None
+
+    @classmethod
+    def from_bundle(cls, bundle) -> "ExportModels":
+        return cls(bundle.load_gpt(), bundle.load_sovits(), bundle.load_sv() if bundle.is_pro else None)
 
 
 class _LayerStack:
@@ -53,14 +68,25 @@ class GPTDecodeStepGraph(nn.Module):
 
 
 class SpeakerEncoderGraph(nn.Module):
-    """(refer [B,1025,Tr], refer_lens [B]) -> ge [B,gin,1]."""
+    """(refer [B,1025,Tr], refer_lens [B] (, sv [B,sv_dim] for Pro models)) -> ge [B,gin,1]."""
 
     def __init__(self, sovits):
         super().__init__()
         self.sovits = sovits
 
-    def forward(self, refer, refer_lens):
-        return self.sovits.speaker_embedding(refer, refer_lens)
+    def forward(self, refer, refer_lens, sv=None):
+        return self.sovits.speaker_embedding(refer, sv, refer_lens)
+
+
+class SpeakerVerificationGraph(nn.Module):
+    """fbank [B,T,80] -> speaker-verification embedding [B,sv_dim] (Pro models' ERes2NetV2 trunk)."""
+
+    def __init__(self, sv):
+        super().__init__()
+        self.trunk = sv.model
+
+    def forward(self, fbank):
+        return self.trunk(fbank)
 
 
 class SoVITSWindowGraph(nn.Module):
@@ -77,15 +103,17 @@ class SoVITSWindowGraph(nn.Module):
 
 
 class SoVITSDecoderGraph(nn.Module):
-    """(codes, code_lens, phones, phone_lens, refer [B,1025,Tr], refer_lens, noise, speed) -> (z, frame_lens, ge)."""
+    """(codes, code_lens, phones, phone_lens, refer [B,1025,Tr], refer_lens, (sv [B,sv_dim] for Pro,) noise, speed)
+    -> (z, frame_lens, ge)."""
 
     def __init__(self, sovits):
         super().__init__()
         self.speaker = SpeakerEncoderGraph(sovits)
         self.window = SoVITSWindowGraph(sovits)
 
-    def forward(self, codes, code_lens, phones, phone_lens, refer, refer_lens, noise, speed):
-        ge = self.speaker(refer, refer_lens)
+    def forward(self, codes, code_lens, phones, phone_lens, refer, refer_lens, *rest):
+        sv, noise, speed = rest if len(rest) == 3 else (None, *rest)
+        ge = self.speaker(refer, refer_lens, sv)
         z, frame_lens = self.window(codes, code_lens, phones, phone_lens, ge, noise, speed)
         return z, frame_lens, ge
 
@@ -102,27 +130,32 @@ class VocoderGraph(nn.Module):
 
 
 WRAPPERS = {cls.__name__: cls for cls in (GPTPrefillGraph, GPTDecodeStepGraph, SpeakerEncoderGraph,
-                                           SoVITSWindowGraph, SoVITSDecoderGraph, VocoderGraph)}
+                                           SpeakerVerificationGraph, SoVITSWindowGraph, SoVITSDecoderGraph,
+                                           VocoderGraph)}
 
 
-def build_wrapper(graph: str, gpt=None, sovits=None) -> nn.Module:
+def build_wrapper(graph: str, models: ExportModels) -> nn.Module:
     spec = GRAPHS[graph]
-    model = gpt if spec.model == "gpt" else sovits
+    model = getattr(models, spec.model)
+    if model is None:
+        raise ValueError(f"graph {graph} needs the bundle's {spec.model} model")
     return WRAPPERS[spec.wrapper](model).eval()
 
 
 # Sizes the exporter traces with: distinct, > 1 and unlike any constant, so no dimension is
 # specialised by accident.
-TRACE_SIZES = {"batch": 2, "phones": 13, "prompt": 7, "cache": 19, "codes": 11, "refer_frames": 37, "speed": 1.0}
+TRACE_SIZES = {"batch": 2, "phones": 13, "prompt": 7, "cache": 19, "codes": 11, "refer_frames": 37,
+               "fbank_frames": 53, "speed": 1.0}
 
 
-def sample_inputs(graph: str, sizes: dict, gpt_config, sovits_config, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+def sample_inputs(graph: str, sizes: dict, models: ExportModels, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     """Random, mutually consistent inputs of ``graph`` (in spec order) for the given dynamic sizes.
 
     Lengths are random per row (the longest row fills the padded axis); ``sizes["speed"]`` sets the
     speed input of the SoVITS graphs (the noise then has the matching number of frames).
     """
     b = sizes["batch"]
+    gpt_config, sovits_config = models.gpt.cfg, models.sovits.cfg
 
     def lens(n: int, low: int = 1) -> torch.Tensor:
         out = torch.randint(min(low, n), n + 1, (b,), generator=gen)
@@ -141,9 +174,13 @@ def sample_inputs(graph: str, sizes: dict, gpt_config, sovits_config, gen: torch
         past = [torch.randn(b, c.n_head, t, c.hidden_dim // c.n_head, generator=gen) for _ in range(2 * c.n_layer)]
         return (ids(c.eos, b), ids(t, b), lens(t), *past)
     s = sovits_config
+    # a Pro model's speaker-verification embedding: non-negative time means of clipped ReLUs, O(1..10)
+    sv = (5 * torch.rand(b, s.sv_dim, generator=gen),) if s.is_pro else ()
+    if graph == "speaker_verification":
+        return (torch.randn(b, sizes["fbank_frames"], models.sv.cfg.feat_dim, generator=gen) * 3.0,)
     if graph == "speaker_encoder":
         tr = sizes["refer_frames"]
-        return torch.randn(b, s.spec_channels, tr, generator=gen).abs(), lens(tr, max(1, tr // 2))
+        return torch.randn(b, s.spec_channels, tr, generator=gen).abs(), lens(tr, max(1, tr // 2)), *sv
     speed = float(sizes.get("speed", 1.0))
     tc, tp = sizes["codes"], sizes["phones"]
     frames = 2 * tc if speed == 1.0 else int(float(torch.tensor(2.0 * tc) / torch.tensor(speed))) + 1
@@ -154,7 +191,8 @@ def sample_inputs(graph: str, sizes: dict, gpt_config, sovits_config, gen: torch
         return (*window, 0.1 * torch.randn(b, s.gin_channels, 1, generator=gen), noise, speed_t)
     if graph == "sovits_decoder":
         tr = sizes["refer_frames"]
-        return (*window, torch.randn(b, s.spec_channels, tr, generator=gen).abs(), lens(tr, max(1, tr // 2)), noise, speed_t)
+        return (*window, torch.randn(b, s.spec_channels, tr, generator=gen).abs(), lens(tr, max(1, tr // 2)), *sv,
+                noise, speed_t)
     if graph == "vocoder":
         frame_lens = 2 * lens(tc)
         z = torch.randn(b, s.inter_channels, 2 * tc, generator=gen)

@@ -45,3 +45,15 @@ MAX_TOKENS_PER_SEGMENT = 1500  # upstream's hard loop cap (60 s)
 MUTE_TOKEN = 486  # the semantic token upstream uses as "silence-like" for streaming splits
 BERT_DIM = 1024
 SSL_DIM = 768
+
+# Speaker verification (v2Pro/v2ProPlus): ERes2NetV2 over Kaldi-style log-mel filterbanks of 16 kHz
+# audio, resampled from the 32 kHz reference as upstream does (torchaudio Resample(32000, 16000)).
+SV_SAMPLE_RATE = 16000
+SV_FRAME_LENGTH = 400  # 25 ms window
+SV_FRAME_SHIFT = 160  # 10 ms hop
+SV_N_FFT = 512  # the window rounded up to a power of two
+SV_N_MELS = 80
+SV_MEL_LOW_HZ = 20.0
+SV_PREEMPHASIS = 0.97
+SV_POVEY_POWER = 0.85  # Kaldi's "povey" window = Hann ** 0.85
+SV_EMBEDDING_DIM = 20480  # full-size ERes2NetV2 (w24 s4 e4): 2048 channels x 10 mel rows, time-averaged

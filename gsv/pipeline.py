@@ -76,7 +76,8 @@ class TextPreparer:
 
 
 def make_voice_preparer(bundle, text: TextPreparer, device: str = "cpu"):
-    """A VoicePreparer with the bundle's SoVITS (torch) and HuBERT (when present)."""
+    """A VoicePreparer with the bundle's SoVITS (torch), HuBERT (when present) and, for Pro bundles,
+    the speaker-verification network."""
     from gsv.voice import VoicePreparer
 
     hubert = None
@@ -86,7 +87,8 @@ def make_voice_preparer(bundle, text: TextPreparer, device: str = "cpu"):
         hubert = HubertExtractor(bundle.hubert_dir, device)
         if hubert.dim != bundle.sovits_config.ssl_dim:
             raise GsvError(f"the bundle's HuBERT has {hubert.dim}-d features but SoVITS expects {bundle.sovits_config.ssl_dim}")
-    return VoicePreparer(bundle, text, sovits=bundle.load_sovits(device), hubert=hubert)
+    sv = bundle.load_sv(device) if bundle.is_pro else None
+    return VoicePreparer(bundle, text, sovits=bundle.load_sovits(device), hubert=hubert, sv=sv)
 
 
 class Synthesizer:

@@ -54,6 +54,7 @@ class Voice:
     version: int = 1
     norm_text: str = ""
     n_aux_refs: int = 0
+    sv_emb: torch.Tensor | None = None  # Pro bundles: [1 + n_aux_refs, sv_dim], one embedding per reference
 
     @property
     def reference_free(self) -> bool:
@@ -66,6 +67,7 @@ class Voice:
             "bundle_id": self.bundle_id, "owner": self.owner, "consent": self.consent, "created": self.created,
             "version": self.version, "reference_free": self.reference_free, "n_aux_refs": self.n_aux_refs,
             "prompt_tokens": int(self.prompt_tokens.numel()),
+            "speaker_verification": self.sv_emb is not None,
         }
 
 
@@ -113,11 +115,12 @@ def check_reference(samples: np.ndarray, sr: int, name: str = "reference audio",
 class VoicePreparer:
     """Turns references into a :class:`Voice` with the bundle's SoVITS, HuBERT and BERT."""
 
-    def __init__(self, bundle, text, sovits=None, hubert=None):
+    def __init__(self, bundle, text, sovits=None, hubert=None, sv=None):
         self.bundle = bundle
         self.text = text  # gsv.pipeline.TextPreparer: prompt text -> (prepared, BERT features)
         self.sovits = sovits if sovits is not None else bundle.load_sovits()
         self.hubert = hubert
+        self.sv = sv if sv is not None or not bundle.is_pro else bundle.load_sv()  # Pro: speaker verification
 
     @torch.no_grad()
     def prepare(self, voice_id: str, ref_audio: str | Path | bytes, ref_text: str, language: str,
@@ -141,7 +144,7 @@ class VoicePreparer:
             log.warning("no HuBERT model: voice %s is prepared for reference-free synthesis", voice_id)
             tokens = torch.zeros(0, dtype=torch.long)
             prompt_ids, bert = [], torch.zeros(self.bundle.gpt_config.bert_dim, 0)
-        ges = []
+        ges, svs = [], []
         for i, src in enumerate([ref_audio, *aux_refs]):
             w, r = (wav, sr) if i == 0 else read_audio(src)
             if i:
@@ -150,10 +153,15 @@ class VoicePreparer:
             peak = float(w32.abs().max())
             if peak > 1:
                 w32 = w32 / min(2.0, peak)
-            ges.append(self.sovits.speaker_embedding(spectrogram(w32))[0])
+            sv = None
+            if self.sv is not None:  # upstream: the same peak-limited 32 kHz audio, resampled to 16 kHz
+                sv = self.sv(resample_torchaudio(w32, C.SAMPLE_RATE, C.SV_SAMPLE_RATE))  # [1, sv_dim]
+                svs.append(sv[0])
+            ges.append(self.sovits.speaker_embedding(spectrogram(w32), sv)[0])
         ge = torch.stack(ges).mean(0)
         return Voice(voice_id, language, ref_text, prompt_ids, bert, tokens, ge.cpu(), self.bundle.bundle_id,
-                     owner=owner, consent=consent, norm_text=prompt.norm_text, n_aux_refs=len(aux_refs))
+                     owner=owner, consent=consent, norm_text=prompt.norm_text, n_aux_refs=len(aux_refs),
+                     sv_emb=torch.stack(svs).cpu() if svs else None)
 
 
 # ---------------------------------------------------------------------------------------- storage
@@ -224,9 +232,12 @@ class VoiceStore:
             raise VoiceError(f"voice {voice.voice_id!r} already exists")
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{voice.voice_id}-", dir=self.root))
         try:
-            save_file({"prompt_bert": voice.prompt_bert.float().contiguous(),
+            tensors = {"prompt_bert": voice.prompt_bert.float().contiguous(),
                        "prompt_tokens": voice.prompt_tokens.long().contiguous(),
-                       "ge": voice.ge.float().contiguous()}, str(tmp / "tensors.safetensors"))
+                       "ge": voice.ge.float().contiguous()}
+            if voice.sv_emb is not None:
+                tensors["sv_emb"] = voice.sv_emb.float().contiguous()
+            save_file(tensors, str(tmp / "tensors.safetensors"))
             for i, data in enumerate(references or []):
                 (tmp / f"reference_{i}.bin").write_bytes(data)
             meta = (extra or {}) | voice.metadata() | {"references": len(references or [])}
@@ -264,7 +275,8 @@ class VoiceStore:
                          prompt_tokens=t["prompt_tokens"], ge=t["ge"], bundle_id=meta["bundle_id"],
                          owner=meta.get("owner", ""), consent=meta.get("consent", ""),
                          created=meta.get("created", 0.0), version=meta.get("version", 1),
-                         norm_text=meta.get("norm_text", ""), n_aux_refs=meta.get("n_aux_refs", 0))
+                         norm_text=meta.get("norm_text", ""), n_aux_refs=meta.get("n_aux_refs", 0),
+                         sv_emb=t.get("sv_emb"))
         except (SafetensorError, OSError, KeyError, ValueError) as e:
             raise VoiceError(f"voice {voice_id!r} is corrupt ({e})") from None
 

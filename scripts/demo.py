@@ -51,13 +51,18 @@ def free_port() -> int:
 
 
 def find_pretrained(root: Path) -> dict | None:
-    """Upstream files in pretrained/: one GPT .ckpt, one SoVITS .pth, optional HuBERT/BERT folders."""
+    """Upstream files in pretrained/: one GPT .ckpt, one SoVITS .pth, optional HuBERT/BERT folders, and
+    for a v2Pro/v2ProPlus SoVITS the speaker-verification model (pretrained_eres2netv2w24s4ep4.ckpt)."""
     if not root.is_dir():
         return None
-    ckpts, pths = sorted(root.rglob("*.ckpt")), sorted(p for p in root.rglob("*.pth") if "s2D" not in p.name)
+    sv = sorted(root.rglob("*eres2net*.ckpt"))
+    ckpts = sorted(p for p in root.rglob("*.ckpt") if p not in sv)
+    pths = sorted(p for p in root.rglob("*.pth") if "s2D" not in p.name)
     if not ckpts or not pths:
         return None
     found = {"gpt": ckpts[0], "sovits": pths[0]}
+    if sv and pths[0].read_bytes()[:2] in (b"05", b"06"):  # upstream's v2Pro / v2ProPlus file header
+        found["sv"] = sv[0]
     for key, names in (("hubert", ("chinese-hubert-base",)), ("bert", ("chinese-roberta-wwm-ext-large",))):
         for n in names:
             hits = [d for d in root.rglob(n) if (d / "config.json").exists()]
@@ -91,6 +96,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=400, help="training steps per stage (tiny model)")
     ap.add_argument("--pretrained", default=str(REPO / "pretrained"))
     ap.add_argument("--bench-requests", type=int, default=6)
+    ap.add_argument("--version", default="v2", choices=("v2", "v2Pro", "v2ProPlus"),
+                    help="model version of the tiny base trained from scratch (make demo: GSV_DEMO_VERSION)")
     args = ap.parse_args(argv)
     t_start = time.time()
     out = Path(args.out).resolve()
@@ -107,14 +114,14 @@ def main(argv=None) -> int:
     if pre:
         log(f"2/6 base: upstream pretrained files {pre['gpt'].name} + {pre['sovits'].name} (fine-tuning)")
         cmd = [tool("gsv"), "import", "--gpt", pre["gpt"], "--sovits", pre["sovits"], "--out", work / "base"]
-        for key in ("hubert", "bert"):
+        for key in ("hubert", "bert", "sv"):
             if key in pre:
                 cmd += [f"--{key}", pre[key]]
         run(*cmd)
         steps = min(steps, 40)  # full-size steps take seconds each on a CPU
     else:
         log("2/6 base: no upstream weights in pretrained/, so a tiny architecture is trained from scratch")
-        run(tool("gsv-train"), "init", "--out", work / "base", "--arch", "tiny")
+        run(tool("gsv-train"), "init", "--out", work / "base", "--arch", "tiny", "--version", args.version)
 
     log(f"3/6 prepare + train ({steps} steps per stage) + bundle")
     run(tool("gsv-train"), "prepare", "--list", work / "data" / "data.list", "--out", work / "exp", "--base",
@@ -160,7 +167,8 @@ def main(argv=None) -> int:
     log(f"done in {minutes:.1f} min: {out / 'demo.wav'}, {out / 'bench.png'}, {out / 'bench.json'}; "
         f"server log {work / 'server.log'}")
     print(json.dumps({"demo_wav": str(out / "demo.wav"), "bench_png": str(out / "bench.png"),
-                      "minutes": round(minutes, 2), "tensorrt": trt_note, "base": "pretrained" if pre else "tiny"}))
+                      "minutes": round(minutes, 2), "tensorrt": trt_note, "base": "pretrained" if pre else "tiny",
+                      "model_version": json.loads((work / "voice" / "manifest.json").read_text())["model_version"]}))
     return 0
 
 

@@ -94,6 +94,31 @@ def tiny_sovits_config(**kw):
     return SoVITSConfig(**base)
 
 
+def tiny_pro_configs(version: str = "v2Pro"):
+    """(SoVITSConfig, SVConfig) of a tiny v2Pro/v2ProPlus model: gin wider than the MRTE (as 1024 vs 512),
+    ProPlus with a wider first upsampler and a longer first kernel, a small ERes2NetV2."""
+    from gsv.models.config import SVConfig
+
+    sv = SVConfig(m_channels=8, num_blocks=(1, 1, 2, 1), base_width=32, scale=2, expansion=2, embedding_size=16)
+    kw = dict(version=version, gin_channels=48, mrte_hidden=32, sv_dim=sv.embedding_dim)
+    if version == "v2ProPlus":
+        kw.update(upsample_initial_channel=48, upsample_kernel_sizes=(20, 16, 8, 2, 2))
+    return tiny_sovits_config(**kw), sv
+
+
+def tiny_sv(cfg, seed: int = 0):
+    from gsv.models.speaker_verification import SpeakerVerifier
+
+    torch.manual_seed(seed)
+    m = SpeakerVerifier(cfg)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, as a trained network has
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.05)
+                mod.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
 def tiny_gpt(seed: int = 0, **kw):
     from gsv.models.gpt import Text2SemanticGPT
 
@@ -113,11 +138,21 @@ def tiny_sovits(seed: int = 0, with_posterior: bool = False, **kw):
     return m.eval()
 
 
-def make_tiny_bundle(path, seed: int = 0, **kw):
-    """A complete bundle of tiny random models (no HuBERT/BERT folders unless given in kw)."""
+def make_tiny_bundle(path, seed: int = 0, version: str = "v2", **kw):
+    """A complete bundle of tiny random models (no HuBERT/BERT folders unless given in kw); ``version``
+    v2Pro/v2ProPlus adds a tiny speaker-verification network."""
+    from dataclasses import asdict
+
     from gsv.checkpoint.bundle import write_bundle
 
-    g, s = tiny_gpt(seed), tiny_sovits(seed)
+    g = tiny_gpt(seed)
+    if version in ("v2Pro", "v2ProPlus"):
+        sovits_cfg, sv_cfg = tiny_pro_configs(version)
+        s = tiny_sovits(seed, **{k: v for k, v in asdict(sovits_cfg).items() if k != "version"}, version=version)
+        sv = tiny_sv(sv_cfg, seed)
+        kw.update(sv_config=sv_cfg, sv_state=sv.model.state_dict())
+    else:
+        s = tiny_sovits(seed)
     return write_bundle(path, g.cfg, g.state_dict(), s.cfg, s.state_dict(), sources={"kind": "tiny-random"}, **kw)
 
 
@@ -125,6 +160,14 @@ def make_tiny_bundle(path, seed: int = 0, **kw):
 def tiny_bundle(tmp_path_factory):
     """A session-wide tiny bundle (treat as read-only; copy it to modify)."""
     return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+@pytest.fixture(scope="session", params=["v2Pro", "v2ProPlus"])
+def tiny_pro_bundle(request, tmp_path_factory, tiny_models_dir):
+    """Tiny v2Pro and v2ProPlus bundles with tiny HuBERT/BERT (treat as read-only)."""
+    hubert, bert = tiny_models_dir
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / f"tiny_{request.param}", version=request.param,
+                            hubert_dir=hubert, bert_dir=bert)
 
 
 @pytest.fixture(scope="session")
@@ -136,6 +179,23 @@ def full_bundle(tmp_path_factory, fake_ckpts):
     g, s = load_gpt(fake_ckpts.get("s1_v2.json")), load_sovits(fake_ckpts.get("s2_v2.json"))
     return write_bundle(tmp_path_factory.mktemp("bundles") / "full", g.config, g.state_dict, s.config, s.state_dict,
                         sources={"kind": "fakeckpt"})
+
+
+def make_full_pro_bundle(fake_ckpts, path, version: str, **kw):
+    """A full-size v2Pro/v2ProPlus bundle from the kit's fake upstream SoVITS, GPT and SV files."""
+    from gsv.checkpoint.bundle import write_bundle
+    from gsv.checkpoint.upstream import load_gpt, load_sovits, load_sv
+
+    g, s = load_gpt(fake_ckpts.get("s1_v2.json")), load_sovits(fake_ckpts.get(f"s2_{version}.json"))
+    sv = load_sv(fake_ckpts.get("sv_eres2netv2.json"))
+    return write_bundle(path, g.config, g.state_dict, s.config, s.state_dict, sources={"kind": "fakeckpt"},
+                        sv_config=sv.config, sv_state=sv.state_dict, **kw)
+
+
+@pytest.fixture(scope="session", params=["v2Pro", "v2ProPlus"])
+def full_pro_bundle(request, tmp_path_factory, fake_ckpts):
+    """Full-size v2Pro and v2ProPlus bundles of the kit's fake files (slow to build; read-only)."""
+    return make_full_pro_bundle(fake_ckpts, tmp_path_factory.mktemp("bundles") / f"full_{request.param}", request.param)
 
 
 # ------------------------------------------------------------------------------ tiny HuBERT / BERT

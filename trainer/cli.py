@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="write a random-weights base bundle", formatter_class=fmt)
     p.add_argument("--out", required=True)
     p.add_argument("--arch", default="tiny", choices=("tiny", "v2"))
+    p.add_argument("--version", default="v2", choices=("v2", "v2Pro", "v2ProPlus"),
+                   help="model version: v2Pro/v2ProPlus add the speaker-verification conditioning")
+    p.add_argument("--sv", help="Pro versions: upstream speaker-verification model (pretrained_eres2netv2w24s4ep4.ckpt) "
+                                "instead of a random one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hubert", help="use this HuBERT folder instead of a random one")
     p.add_argument("--bert", help="use this BERT folder instead of a random one")
@@ -127,8 +131,8 @@ def cmd_synthetic(args) -> int:
 def cmd_init(args) -> int:
     from trainer.init_base import init_bundle
 
-    b = init_bundle(args.out, args.arch, args.seed, args.hubert, args.bert, args.force)
-    print(f"wrote random {args.arch} base bundle {b.path} (id {b.bundle_id})")
+    b = init_bundle(args.out, args.arch, args.seed, args.hubert, args.bert, args.force, args.version, args.sv)
+    print(f"wrote random {args.arch} {args.version} base bundle {b.path} (id {b.bundle_id})")
     return 0
 
 

@@ -9,11 +9,15 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
+V2_PERIODS = (2, 3, 5, 7, 11)
+PRO_PERIODS = (2, 3, 5, 7, 11, 17, 23)  # upstream's MultiPeriodDiscriminator for v2Pro/v2ProPlus
+
+
 @dataclass(frozen=True)
 class DiscriminatorConfig:
-    """Multi-period discriminator (upstream ``MultiPeriodDiscriminator``, v2 periods)."""
+    """Multi-period discriminator (upstream ``MultiPeriodDiscriminator``; v2 periods, Pro models add 17 and 23)."""
 
-    periods: tuple[int, ...] = (2, 3, 5, 7, 11)
+    periods: tuple[int, ...] = V2_PERIODS
     # every hidden channel count (and conv group count) of upstream's discriminators divided by
     # this; 1 = upstream's sizes (and can load s2D*.pth), larger = cheap discriminators for tiny runs
     channel_divisor: int = 1
@@ -23,7 +27,13 @@ class DiscriminatorConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DiscriminatorConfig":
-        return cls(periods=tuple(d.get("periods", (2, 3, 5, 7, 11))), channel_divisor=int(d.get("channel_divisor", 1)))
+        return cls(periods=tuple(d.get("periods", V2_PERIODS)), channel_divisor=int(d.get("channel_divisor", 1)))
+
+    def for_model(self, is_pro: bool) -> "DiscriminatorConfig":
+        """Upstream's periods for the model version (the default v2 set becomes the Pro set)."""
+        if is_pro and self.periods == V2_PERIODS:
+            return DiscriminatorConfig(PRO_PERIODS, self.channel_divisor)
+        return self
 
 
 @dataclass

@@ -109,7 +109,8 @@ def load_tensors(path: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------- SoVITS
 class SoVITSDataset(torch.utils.data.Dataset):
-    """Items -> (ssl [C, F], spec [1025, F], wav [N] float, phones [P]) with the SSL length forced to F."""
+    """Items -> (ssl [C, F], spec [1025, F], wav [N] float, phones [P], sv [sv_dim] or None) with the SSL
+    length forced to F; ``sv`` is the speaker-verification embedding of Pro experiments."""
 
     def __init__(self, exp: Experiment, items: list[dict], segment_frames: int):
         # upstream's bucket sampler drops items of <= 32 frames: a random slice needs that much
@@ -124,21 +125,23 @@ class SoVITSDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         it = self.items[i]
-        t = load_tensors(self.exp.file(it), ("ssl", "spec", "wav", "phones"))
+        t = load_tensors(self.exp.file(it), ("ssl", "spec", "wav", "phones", "sv"))
         ssl, spec = t["ssl"].float(), t["spec"].float()
         f = spec.shape[-1]
         if ssl.shape[-1] < f:  # upstream pads a one-frame shortfall by repetition
             ssl = F.pad(ssl.unsqueeze(0), (0, f - ssl.shape[-1]), mode="replicate")[0]
         ssl = ssl[:, :f]
         wav = t["wav"].float() / 32768.0
-        return ssl, spec, wav, t["phones"].long()
+        sv = t.get("sv")
+        return ssl, spec, wav, t["phones"].long(), None if sv is None else sv.float()
 
 
 def collate_sovits(batch):
     """Right-pad to the batch maxima; SSL and spec share one even length (ssl_proj halves it, the
     25 Hz codes are doubled back).  Rows sorted by spectrogram length, longest first, as upstream.
     Returns ssl [B, C, L], spec [B, 1025, L], spec_lengths [B], wav [B, 1, N], wav_lengths [B],
-    phones [B, P], phone_lengths [B]."""
+    phones [B, P], phone_lengths [B], sv [B, sv_dim] (None when no item has one; zeros for an item
+    without one, as upstream's loader does)."""
     batch = sorted(batch, key=lambda x: x[1].shape[-1], reverse=True)
     max_f = max(x[1].shape[-1] for x in batch)
     length = 2 * (max_f // 2 + 1)
@@ -148,13 +151,17 @@ def collate_sovits(batch):
     wav = torch.zeros(b, 1, max(x[2].shape[-1] for x in batch))
     phones = torch.zeros(b, max(x[3].shape[-1] for x in batch), dtype=torch.long)
     spec_lengths, wav_lengths, phone_lengths = (torch.zeros(b, dtype=torch.long) for _ in range(3))
-    for i, (s, sp, w, ph) in enumerate(batch):
+    sv_dim = next((x[4].numel() for x in batch if x[4] is not None), 0)
+    sv = torch.zeros(b, sv_dim) if sv_dim else None
+    for i, (s, sp, w, ph, e) in enumerate(batch):
         ssl[i, :, : s.shape[-1]] = s
         spec[i, :, : sp.shape[-1]] = sp
         wav[i, 0, : w.shape[-1]] = w
         phones[i, : ph.shape[-1]] = ph
         spec_lengths[i], wav_lengths[i], phone_lengths[i] = sp.shape[-1], w.shape[-1], ph.shape[-1]
-    return ssl, spec, spec_lengths, wav, wav_lengths, phones, phone_lengths
+        if e is not None:
+            sv[i] = e.reshape(-1)
+    return ssl, spec, spec_lengths, wav, wav_lengths, phones, phone_lengths, sv
 
 
 # ------------------------------------------------------------------------------------------- GPT

@@ -150,6 +150,8 @@ class ItemProcessor:
         if self.hubert.dim != self.bundle.sovits_config.ssl_dim:
             raise PrepareError(f"HuBERT {hubert_dir} gives {self.hubert.dim}-d features but the base SoVITS expects "
                                f"{self.bundle.sovits_config.ssl_dim}")
+        # Pro bases: speaker-verification embedding per utterance (upstream's 2-get-sv.py step)
+        self.sv = self.bundle.load_sv(device) if self.bundle.is_pro else None
         self.bert_dir = bert_dir
         self._bert = None
         self.out = Path(out_dir)
@@ -169,7 +171,7 @@ class ItemProcessor:
         return hashlib.sha256(f"{self.fingerprint}|{lang}|{e.text}|{e.speaker}".encode()).hexdigest()[:24]
 
     def __call__(self, e: Entry) -> Result:
-        from gsv.audio import read_audio, resample_soxr, spectrogram
+        from gsv.audio import read_audio, resample_soxr, resample_torchaudio, spectrogram
         from gsv.text.cleaner import clean_text
         from gsv.text.symbols import cleaned_text_to_sequence
         from trainer.quality import analyse
@@ -238,7 +240,11 @@ class ItemProcessor:
                 r.reason = "HuBERT features are NaN"
                 return r
             codes = self.sovits.extract_latent(ssl.to(self.device))[0, 0].cpu().long()  # [T25]
-            spec = spectrogram(torch.from_numpy(pcm.astype(np.float32) / C.MAX_WAV_VALUE).unsqueeze(0))[0]
+            wav_train = torch.from_numpy(pcm.astype(np.float32) / C.MAX_WAV_VALUE).unsqueeze(0)  # [1, N] at 32 kHz
+            spec = spectrogram(wav_train)[0]
+            sv = None
+            if self.sv is not None:  # 2-get-sv.py: the stored 32 kHz training wav, resampled to 16 kHz
+                sv = self.sv(resample_torchaudio(wav_train, C.SAMPLE_RATE, C.SV_SAMPLE_RATE))[0]  # [sv_dim]
         tensors = {
             "phones": torch.tensor(phone_ids, dtype=torch.long),
             "semantic": codes.contiguous(),
@@ -246,6 +252,8 @@ class ItemProcessor:
             "wav": torch.from_numpy(pcm),
             "spec": spec.float().contiguous(),
         }
+        if sv is not None:
+            tensors["sv"] = sv.float().contiguous()
         if lang == "zh" and cleaned.word2ph is not None:
             bert = self.bert()
             if bert is not None:
@@ -254,7 +262,7 @@ class ItemProcessor:
             "name": name, "speaker": e.speaker, "lang": lang, "text": e.text, "norm_text": cleaned.norm_text,
             "phones": " ".join(cleaned.phones), "word2ph": cleaned.word2ph, "n_phones": len(phone_ids),
             "n_tokens": int(codes.numel()), "frames": int(spec.shape[-1]), "seconds": round(pcm.size / C.SAMPLE_RATE, 4),
-            "has_bert": "bert" in tensors, "file": f"{DATA_DIR}/{name}.safetensors",
+            "has_bert": "bert" in tensors, "has_sv": "sv" in tensors, "file": f"{DATA_DIR}/{name}.safetensors",
         }
         write_item(target, tensors, {"fingerprint": fp, "item": item, "quality": r.quality})
         r.item = item

@@ -105,5 +105,6 @@ def make_bundle(exp_path: str | Path, out: str | Path, which: str = "best", base
             sources[stage] = "base"
             log.warning("no trained %s weights in %s: the bundle keeps the base's", stage, exp_path)
     hub, brt = bundle.hubert_dir, bundle.bert_dir
+    sv = dict(sv_config=bundle.sv_config, sv_state=bundle.sv_state_dict()) if bundle.is_pro else {}
     return write_bundle(out, bundle.gpt_config, parts["gpt"], bundle.sovits_config, parts["sovits"], sources=sources,
-                        hubert_dir=hub, bert_dir=brt, force=force)
+                        hubert_dir=hub, bert_dir=brt, force=force, **sv)

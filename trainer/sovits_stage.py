@@ -22,6 +22,7 @@ from gsv import constants as C
 from gsv.audio import spec_to_mel, spectrogram
 from gsv.models.sovits.flow import sequence_mask
 from trainer import losses
+from trainer.data import ExperimentError
 from trainer.loop import Progress, Stage
 
 log = logging.getLogger(__name__)
@@ -50,19 +51,20 @@ class SoVITSForTraining(nn.Module):
         self.net = net
         self.segment_frames = segment_frames
 
-    def forward(self, ssl, spec, spec_lengths, phones, phone_lengths):
-        """ssl [B, 768, L], spec [B, 1025, L] (L even), lengths [B] -> y_hat [B, 1, seg * hop], slice
-        starts [B], mask [B, 1, L] and the KL terms (z_p, m_p, logs_p, logs_q), each [B, C, L]."""
+    def forward(self, ssl, spec, spec_lengths, phones, phone_lengths, sv=None):
+        """ssl [B, 768, L], spec [B, 1025, L] (L even), lengths [B], and for Pro models the utterances'
+        speaker-verification embeddings sv [B, sv_dim] -> y_hat [B, 1, seg * hop], slice starts [B],
+        mask [B, 1, L] and the KL terms (z_p, m_p, logs_p, logs_q), each [B, C, L]."""
         net = self.net
-        y_mask = sequence_mask(spec_lengths, spec.shape[2]).unsqueeze(1).to(spec.dtype)
-        ge = net.ref_enc(spec[:, : net.cfg.ref_enc_bins] * y_mask, y_mask)
+        # the same utterance is its own reference (Pro: ge = PReLU(ref_enc + sv_emb(sv)), as upstream)
+        ge = net.speaker_embedding(spec, sv, spec_lengths)
         with torch.no_grad(), torch.autocast(spec.device.type, enabled=False):
             # frozen (eval, no gradient): upstream's quantizer in eval returns plain codebook vectors
             codes = net.quantizer.encode(net.ssl_proj(ssl.float()))  # [1, B, L/2]
             quantized = net.quantizer.decode(codes)
         if net.frames_per_code != 1:
             quantized = F.interpolate(quantized, size=quantized.shape[-1] * net.frames_per_code, mode="nearest")
-        _, m_p, logs_p, y_mask = net.enc_p(quantized, spec_lengths, phones, phone_lengths, ge)
+        _, m_p, logs_p, y_mask = net.enc_p(quantized, spec_lengths, phones, phone_lengths, net.text_condition(ge))
         z, m_q, logs_q, y_mask = net.enc_q(spec, spec_lengths, g=ge)
         z_p = net.flow(z, y_mask, g=ge)
         z_slice, ids = rand_slice_segments(z, spec_lengths, self.segment_frames)
@@ -97,6 +99,7 @@ class SoVITSStage(Stage):
             from trainer.config import DiscriminatorConfig
 
             dcfg = DiscriminatorConfig(dcfg.periods, int(hints["disc_channel_divisor"]))
+        dcfg = dcfg.for_model(self.arch.is_pro)
         self.d_cfg = dcfg
         self.d = (load_upstream_discriminator(cfg.base_discriminator, dcfg) if cfg.base_discriminator
                   else build_discriminator(dcfg)).to(device).train()
@@ -155,10 +158,15 @@ class SoVITSStage(Stage):
         return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
 
     def _forward(self, batch, g):
-        ssl, spec, spec_lengths, wav, _, phones, phone_lengths = (t.to(self.device) for t in batch)
+        ssl, spec, spec_lengths, wav, _, phones, phone_lengths, sv = (
+            t.to(self.device) if t is not None else None for t in batch)
+        if self.arch.is_pro and sv is None:
+            raise ExperimentError("this base is a Pro model but the experiment has no speaker-verification "
+                                  "embeddings: rerun 'gsv-train prepare' with this base")
         hop = self.arch.hop_length
         with self._autocast():
-            y_hat, ids, z_mask, (z_p, m_p, logs_p, logs_q) = g(ssl, spec, spec_lengths, phones, phone_lengths)
+            y_hat, ids, z_mask, (z_p, m_p, logs_p, logs_q) = g(ssl, spec, spec_lengths, phones, phone_lengths,
+                                                               sv if self.arch.is_pro else None)
         a = self.arch
         # log-mels in fp32 outside autocast (upstream computes them inside; stft has no fp16 path on CPU)
         y_mel = slice_segments(spec_to_mel(spec, a.sampling_rate, a.n_mel_channels), ids, self.segment_frames)

@@ -93,7 +93,7 @@ class ValidationSynth:
         from trainer.data import load_tensors
 
         self.ref_item = ref_item
-        t = load_tensors(exp.file(ref_item), ("phones", "semantic", "bert", "spec", "wav"))
+        t = load_tensors(exp.file(ref_item), ("phones", "semantic", "bert", "spec", "wav", "sv"))
         self.ref = t
         self.ref_wav = t["wav"].float().numpy() / 32768.0
         cleaned = clean_text(text, lang, version)
@@ -116,7 +116,8 @@ class ValidationSynth:
         ref_bert = self.ref.get("bert")
         if ref_bert is None or ref_bert.shape[0] != bert_dim:
             ref_bert = torch.zeros(bert_dim, len(ref_phones))
-        ge = sovits.speaker_embedding(self.ref["spec"].float().unsqueeze(0))[0]
+        sv = self.ref.get("sv")  # Pro experiments: the reference item's speaker-verification embedding
+        ge = sovits.speaker_embedding(self.ref["spec"].float().unsqueeze(0), None if sv is None else sv.float().view(1, -1))[0]
         voice = _Voice(ref_phones, ref_bert.float(), self.ref["semantic"].long(), ge)
         segment = TextSegment(self.text, list(self.phones), torch.zeros(bert_dim, len(self.phones)))
         opts = SynthesisOptions(sampling=SamplingOptions(seed=self.seed, max_tokens=self.max_tokens), streaming=False)

@@ -5,6 +5,7 @@ A directory::
     manifest.json        format/version info, architecture dataclasses, sources, artifacts
     gpt.safetensors      GPT weights (float32, upstream names without 'model.')
     sovits.safetensors   SoVITS weights (float32, weight norm folded; enc_q kept when the source had it)
+    sv.safetensors       v2Pro/v2ProPlus only: the speaker-verification network (ERes2NetV2 trunk)
     hubert/  bert/       optional local model folders (copied, or referenced by absolute path)
     onnx/*.onnx (+ verify.json), trt/*.plan   exported artifacts, listed in manifest["artifacts"]
 
@@ -29,7 +30,7 @@ import torch
 from gsv import __version__
 from gsv import constants as C
 from gsv.errors import BundleError
-from gsv.models.config import GPTConfig, SoVITSConfig
+from gsv.models.config import GPTConfig, SoVITSConfig, SVConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 GPT_FILE = "gpt.safetensors"
 SOVITS_FILE = "sovits.safetensors"
+SV_FILE = "sv.safetensors"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -54,6 +56,7 @@ class Bundle:
     manifest: dict[str, Any]
     gpt_config: GPTConfig
     sovits_config: SoVITSConfig
+    sv_config: SVConfig | None = None  # v2Pro/v2ProPlus: the speaker-verification network
     _cache: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ opening
@@ -79,10 +82,18 @@ class Bundle:
             sovits = SoVITSConfig.from_dict(manifest["sovits"]["config"])
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{mpath}: invalid architecture section ({e})") from None
-        for key, fname in (("gpt", GPT_FILE), ("sovits", SOVITS_FILE)):
-            if not (p / manifest[key].get("file", fname)).is_file():
+        sv = None
+        if manifest.get("sv"):
+            try:
+                sv = SVConfig.from_dict(manifest["sv"]["config"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise BundleError(f"{mpath}: invalid speaker-verification section ({e})") from None
+        if sovits.is_pro and sv is None:
+            raise BundleError(f"bundle {p} holds a {sovits.version} SoVITS but no speaker-verification model (sv)")
+        for key, fname in (("gpt", GPT_FILE), ("sovits", SOVITS_FILE), ("sv", SV_FILE)):
+            if manifest.get(key) and not (p / manifest[key].get("file", fname)).is_file():
                 raise BundleError(f"bundle {p} is incomplete: {manifest[key].get('file', fname)} is missing")
-        return cls(p, manifest, gpt, sovits)
+        return cls(p, manifest, gpt, sovits, sv)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -97,6 +108,11 @@ class Bundle:
     @property
     def model_version(self) -> str:
         return self.manifest["model_version"]
+
+    @property
+    def is_pro(self) -> bool:
+        """v2Pro/v2ProPlus: voices also carry speaker-verification embeddings."""
+        return self.sovits_config.is_pro
 
     @property
     def sample_rate(self) -> int:
@@ -130,6 +146,11 @@ class Bundle:
 
     def sovits_state_dict(self) -> dict[str, torch.Tensor]:
         return self._load(self.manifest["sovits"].get("file", SOVITS_FILE))
+
+    def sv_state_dict(self) -> dict[str, torch.Tensor]:
+        if not self.manifest.get("sv"):
+            raise BundleError(f"bundle {self.path} has no speaker-verification model")
+        return self._load(self.manifest["sv"].get("file", SV_FILE))
 
     def _load(self, fname: str) -> dict[str, torch.Tensor]:
         from safetensors import SafetensorError
@@ -165,6 +186,20 @@ class Bundle:
         return model.eval().to(device)
 
 
+    def load_sv(self, device: str | torch.device = "cpu", fuse: bool = True):
+        """The speaker-verification network (16 kHz audio -> embedding) of a Pro bundle; ``fuse`` folds its
+        BatchNorms into the convolutions (inference only; the weights then lose upstream's layout)."""
+        from gsv.models.speaker_verification import SpeakerVerifier
+
+        if self.sv_config is None:
+            raise BundleError(f"bundle {self.path} ({self.model_version}) has no speaker-verification model")
+        model = SpeakerVerifier(self.sv_config)
+        _load_into(model.model, self.sv_state_dict(), self.path / SV_FILE)
+        if fuse:
+            model.for_inference()
+        return model.eval().to(device)
+
+
 def _load_into(model: torch.nn.Module, sd: dict, where: Path) -> None:
     try:
         model.load_state_dict(sd, strict=True)
@@ -183,10 +218,12 @@ def write_bundle(
     sources: dict[str, Any] | None = None,
     hubert_dir: str | Path | None = None,
     bert_dir: str | Path | None = None,
+    sv_config: SVConfig | None = None,
+    sv_state: dict[str, torch.Tensor] | None = None,
     copy_models: bool = True,
     force: bool = False,
 ) -> Bundle:
-    """Write a complete bundle atomically and return it opened."""
+    """Write a complete bundle atomically and return it opened (Pro models need the SV network)."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -199,6 +236,16 @@ def write_bundle(
             f"GPT ({gpt_config.phoneme_vocab_size} phone symbols) and SoVITS ({sovits_config.n_symbols} symbols) "
             "are of different GPT-SoVITS versions"
         )
+    if sovits_config.is_pro:
+        if sv_config is None or sv_state is None:
+            raise BundleError(f"a {sovits_config.version} model needs its speaker-verification model "
+                              "(pretrained_eres2netv2w24s4ep4.ckpt)")
+        if sv_config.embedding_dim != sovits_config.sv_dim:
+            raise BundleError(f"the speaker-verification model gives {sv_config.embedding_dim}-d embeddings but the "
+                              f"SoVITS expects {sovits_config.sv_dim}")
+    elif sv_config is not None:
+        raise BundleError(f"a {sovits_config.version} model does not use a speaker-verification model "
+                          "(only v2Pro/v2ProPlus do)")
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -212,19 +259,28 @@ def write_bundle(
         save_file({k: v.detach().float().contiguous() for k, v in gpt_state.items()}, str(tmp / GPT_FILE))
         save_file({k: v.detach().float().contiguous() for k, v in sovits_state.items()}, str(tmp / SOVITS_FILE))
         gpt_sha, sovits_sha = sha256_file(tmp / GPT_FILE), sha256_file(tmp / SOVITS_FILE)
+        weight_files = [tmp / GPT_FILE, tmp / SOVITS_FILE]
+        sv_entry = None
+        if sv_config is not None:
+            save_file({k: v.detach().contiguous() if not v.is_floating_point() else v.detach().float().contiguous()
+                       for k, v in sv_state.items()}, str(tmp / SV_FILE))
+            sv_entry = {"file": SV_FILE, "sha256": sha256_file(tmp / SV_FILE), "config": sv_config.to_dict()}
+            weight_files.append(tmp / SV_FILE)
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "model_version": sovits_config.version,
-            "symbol_version": sovits_config.version,
+            "symbol_version": sovits_config.symbol_version,
             "sample_rate": sovits_config.sampling_rate,
             "samples_per_token": C.SAMPLES_PER_TOKEN,
-            "bundle_id": hashlib.sha256((gpt_sha + sovits_sha).encode()).hexdigest()[:32],
+            # a Pro bundle's id covers its SV network too: voices store embeddings computed with it
+            "bundle_id": hashlib.sha256((gpt_sha + sovits_sha + (sv_entry or {}).get("sha256", "")).encode()).hexdigest()[:32],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "gsv_version": __version__,
             "gpt": {"file": GPT_FILE, "sha256": gpt_sha, "config": gpt_config.to_dict()},
             "sovits": {"file": SOVITS_FILE, "sha256": sovits_sha, "config": sovits_config.to_dict(),
                        "has_posterior": any(k.startswith("enc_q.") for k in sovits_state)},
+            "sv": sv_entry,
             "sources": sources or {},
             "hubert": None,
             "bert": None,
@@ -242,7 +298,7 @@ def write_bundle(
             else:
                 manifest[key] = {"path": str(src.resolve())}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", "utf-8")
-        for f in (tmp / GPT_FILE, tmp / SOVITS_FILE, tmp / MANIFEST):
+        for f in (*weight_files, tmp / MANIFEST):
             os.chmod(f, 0o666 & ~umask)
         replace_dir(tmp, out)
     except BaseException:

@@ -168,13 +168,14 @@ def load_torch_zip(data: bytes) -> Any:
         raise CheckpointError(f"corrupt checkpoint: cannot read its pickle ({e})") from None
 
 
-def save_torch_zip(obj: Any, path, *, archive_name: str | None = None) -> None:
+def save_torch_zip(obj: Any, path, *, archive_name: str | None = None, magic: bytes | None = None) -> None:
     """Write ``obj`` exactly like upstream's trainers do: ``torch.save`` (pickle protocol 2, zip)
     to ``<timestamp>.pth`` next to ``path``, then an atomic rename onto ``path``.
 
     The zip root folder is the temporary file's stem (torch uses it), a timestamp as upstream's.
     ``HParams`` instances are pickled as ``utils.HParams`` so that upstream's loaders accept the file.
-    A crash at any point leaves ``path`` either absent or complete.
+    ``magic`` (two bytes) is written over the leading ``PK``, as upstream's ``my_save2`` marks
+    v2Pro/v2ProPlus files.  A crash at any point leaves ``path`` either absent or complete.
     """
     import os
     import shutil
@@ -210,7 +211,12 @@ def save_torch_zip(obj: Any, path, *, archive_name: str | None = None) -> None:
                 sys.modules.pop("utils", None)
             else:
                 sys.modules["utils"] = saved
-        with open(tmp, "rb") as f:
+        with open(tmp, "r+b") as f:
+            if magic is not None:
+                if len(magic) != 2:
+                    raise ValueError("magic must be two bytes")
+                f.write(magic)
+                f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:

@@ -102,11 +102,17 @@ class GPTConfig:
         return _from_dict(cls, {k: v for k, v in d.items() if k != "top_k"})
 
 
+# SoVITS model versions: v1/v2, and the v2 variants that also condition on a speaker-verification
+# embedding (upstream's ``v2pro_set``); v2ProPlus differs from v2Pro only in its vocoder sizes.
+SOVITS_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus")
+PRO_VERSIONS = ("v2Pro", "v2ProPlus")
+
+
 @dataclass(frozen=True)
 class SoVITSConfig:
-    """SoVITS v1/v2 generator (upstream ``SynthesizerTrn`` with ``configs/s2.json``)."""
+    """SoVITS generator (upstream ``SynthesizerTrn`` with ``configs/s2.json`` / ``s2v2Pro(Plus).json``)."""
 
-    version: str = "v2"  # symbol/architecture version: "v1" or "v2"
+    version: str = "v2"  # model version: v1, v2, v2Pro or v2ProPlus (Pro: speaker-verification conditioning)
     n_symbols: int = 732  # v1: 322
     spec_channels: int = C.SPEC_CHANNELS
     ref_enc_bins: int = C.REF_ENC_BINS_V2  # v1: all 1025 bins
@@ -123,8 +129,8 @@ class SoVITSConfig:
     upsample_rates: tuple[int, ...] = (10, 8, 2, 2, 2)
     upsample_initial_channel: int = 512
     upsample_kernel_sizes: tuple[int, ...] = (16, 16, 8, 2, 2)
-    gin_channels: int = 512  # must equal mrte_hidden (MRTE adds ge to its hidden features)
-    mrte_hidden: int = 512
+    gin_channels: int = 512  # v1/v2: must equal mrte_hidden (MRTE adds ge to its hidden features); Pro: 1024
+    mrte_hidden: int = 512  # Pro models project ge to this width (ge_to512) before the MRTE
     mrte_heads: int = 4
     ssl_dim: int = C.SSL_DIM
     codebook_size: int = C.SEMANTIC_VOCAB
@@ -136,13 +142,14 @@ class SoVITSConfig:
     n_mel_channels: int = C.N_MELS
     segment_size: int = 20480  # training segment in samples (32 frames)
     n_speakers: int = 300
+    sv_dim: int = C.SV_EMBEDDING_DIM  # Pro only: width of the speaker-verification embedding (sv_emb input)
 
     def __post_init__(self):
-        if self.version not in ("v1", "v2"):
+        if self.version not in SOVITS_VERSIONS:
             raise ValueError(f"SoVITSConfig: unsupported version {self.version!r}")
         if self.semantic_frame_rate not in ("25hz", "50hz"):
             raise ValueError("SoVITSConfig: semantic_frame_rate must be 25hz or 50hz")
-        if self.gin_channels != self.mrte_hidden:
+        if not self.is_pro and self.gin_channels != self.mrte_hidden:
             raise ValueError("SoVITSConfig: gin_channels must equal mrte_hidden")
         prod = 1
         for r in self.upsample_rates:
@@ -153,6 +160,16 @@ class SoVITSConfig:
     @property
     def samples_per_frame(self) -> int:
         return self.hop_length
+
+    @property
+    def is_pro(self) -> bool:
+        """True for v2Pro/v2ProPlus: ge also depends on a speaker-verification embedding."""
+        return self.version in PRO_VERSIONS
+
+    @property
+    def symbol_version(self) -> str:
+        """Phone symbol table of the text encoder (every v2 variant uses the v2 table)."""
+        return "v1" if self.version == "v1" else "v2"
 
     @classmethod
     def from_upstream(cls, hps: dict[str, Any], version: str) -> "SoVITSConfig":
@@ -188,6 +205,7 @@ class SoVITSConfig:
             n_mel_channels=int(d.get("n_mel_channels", C.N_MELS)),
             segment_size=int(hps.get("train", {}).get("segment_size", 20480)),
             n_speakers=int(d.get("n_speakers", 300)),
+            sv_dim=int(m.get("sv_dim", C.SV_EMBEDDING_DIM)),  # not an upstream key (20480 there)
         )
 
     def to_upstream_model(self) -> dict[str, Any]:
@@ -202,7 +220,8 @@ class SoVITSConfig:
             "upsample_kernel_sizes": list(self.upsample_kernel_sizes), "n_layers_q": 3,
             "use_spectral_norm": False, "gin_channels": self.gin_channels,
             "semantic_frame_rate": self.semantic_frame_rate, "freeze_quantizer": True, "version": self.version,
-            **{k: getattr(self, k) for k, default in (("mrte_hidden", 512), ("mrte_heads", 4), ("ssl_dim", C.SSL_DIM))
+            **{k: getattr(self, k) for k, default in (("mrte_hidden", 512), ("mrte_heads", 4), ("ssl_dim", C.SSL_DIM),
+                                                      ("sv_dim", C.SV_EMBEDDING_DIM))
                if getattr(self, k) != default},
         }
 
@@ -211,4 +230,43 @@ class SoVITSConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SoVITSConfig":
+        return _from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class SVConfig:
+    """Speaker-verification network of v2Pro/v2ProPlus (upstream ``ERes2NetV2(baseWidth=24, scale=4,
+    expansion=4)``, file ``pretrained_eres2netv2w24s4ep4.ckpt``).  Only the trunk up to the fused
+    layer-3/4 map is used (upstream's ``forward3``); its time average is the embedding."""
+
+    m_channels: int = 64
+    feat_dim: int = C.SV_N_MELS
+    num_blocks: tuple[int, ...] = (3, 4, 6, 3)
+    base_width: int = 24
+    scale: int = 4
+    expansion: int = 4
+    embedding_size: int = 192  # seg_1's output: in the upstream file, unused by forward3 (not kept)
+
+    def __post_init__(self):
+        if len(self.num_blocks) != 4 or min(self.num_blocks) < 1:
+            raise ValueError("SVConfig: num_blocks must be four positive counts")
+        if self.feat_dim % 8:
+            raise ValueError("SVConfig: feat_dim must be divisible by 8 (three stride-2 stages)")
+        if self.stage_width(0) < 1:
+            raise ValueError("SVConfig: base_width too small for m_channels")
+
+    def stage_width(self, stage: int) -> int:
+        """Width of one of the ``scale`` branches of a block of stage 0..3 (upstream: floor(planes * baseWidth / 64))."""
+        return (self.m_channels * 2**stage * self.base_width) // 64
+
+    @property
+    def embedding_dim(self) -> int:
+        """Channels of the last stage x mel rows left after three stride-2 stages (20480 at full size)."""
+        return self.m_channels * 8 * self.expansion * (self.feat_dim // 8)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SVConfig":
         return _from_dict(cls, d)

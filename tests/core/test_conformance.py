@@ -1,7 +1,8 @@
 """Golden conformance cases computed by upstream GPT-SoVITS itself.
 
 Every case found in every directory of GSV_CONFORMANCE_CASES (os.pathsep-separated; default: the
-kit's visible ``cases`` folder) is one test.  Checkpoints are rebuilt with the kit's fakeckpt.py
+kit's visible ``cases`` (v2) and ``cases_pro`` (v2Pro/v2ProPlus and the speaker-verification model)
+folders) is one test.  Checkpoints are rebuilt with the kit's fakeckpt.py
 from the manifest and salt recorded in each case's sidecar, and their digest is checked first.
 Token sequences, codes, targets, idx and acc must be exactly equal; floats within the sidecar's
 atol/rtol.
@@ -19,9 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from gsv.audio import mel_spectrogram, spec_to_mel, spectrogram
-from gsv.checkpoint.upstream import load_gpt, load_sovits
+from gsv.checkpoint.upstream import load_gpt, load_sovits, load_sv
 from gsv.models.gpt import Text2SemanticGPT
 from gsv.models.sovits.model import SoVITS
+from gsv.models.speaker_verification import SpeakerVerifier, kaldi_fbank
 from gsv.sampling import RowSampler, SamplingOptions, make_generator
 
 from tests.conftest import KIT
@@ -33,7 +35,7 @@ def _case_dirs() -> list[Path]:
     env = os.environ.get("GSV_CONFORMANCE_CASES")
     if env:
         return [Path(p) for p in env.split(os.pathsep) if p]
-    return [KIT / "cases"]
+    return [KIT / "cases", KIT / "cases_pro"]
 
 
 def _cases():
@@ -70,10 +72,15 @@ def _model(fake_ckpts, sidecar: Path, ck: dict):
         if ck["manifest"].startswith("s1"):
             up = load_gpt(path)
             m = Text2SemanticGPT(up.config)
+            m.load_state_dict(up.state_dict, strict=True)
+        elif ck["manifest"].startswith("sv"):
+            up = load_sv(path)
+            m = SpeakerVerifier(up.config)
+            m.model.load_state_dict(up.state_dict, strict=True)
         else:
             up = load_sovits(path)
             m = SoVITS(up.config)
-        m.load_state_dict(up.state_dict, strict=True)
+            m.load_state_dict(up.state_dict, strict=True)
         _MODELS.clear()  # keep at most one full-size model alive
         _MODELS[key] = m.eval()
     return _MODELS[key]
@@ -151,13 +158,39 @@ def _run_s2(model: SoVITS | None, z, meta):
     if kind == "s2_extract_latent":
         return {"codes": model.extract_latent(_t(z, meta, "ssl"))}
     if kind == "s2_decode":
-        p = meta["params"]
-        refer = _t(z, meta, "refer")
-        _check("refer spectrogram", spectrogram(_t(z, meta, "refer_wav")), refer.numpy(), {"atol": 2.5e-4, "rtol": 1e-4})
-        audio = model.decode(_t(z, meta, "codes"), _t(z, meta, "text"), [refer],
-                             noise_scale=float(p.get("noise_scale", 0.0)), speed=float(p.get("speed", 1.0)))
-        return {"audio": audio}
+        return _run_s2_decode(model, z, meta)
     raise AssertionError(f"unknown case kind {kind}")
+
+
+def _references(z, meta) -> list[tuple[str, str]]:
+    """(suffix, name) of each reference of a decode case: "" for one, "_0", "_1", ... for several."""
+    if "refer" in meta["inputs"]:
+        return [("", "refer")]
+    n = sum(1 for k in meta["inputs"] if re.fullmatch(r"refer_\d+", k))
+    return [(f"_{i}", f"refer_{i}") for i in range(n)]
+
+
+def _run_s2_decode(model: SoVITS, z, meta):
+    p = meta["params"]
+    refers, svs = [], []
+    for suffix, name in _references(z, meta):
+        refer = _t(z, meta, name)
+        _check(f"{name} spectrogram", spectrogram(_t(z, meta, "refer_wav" + suffix)), refer.numpy(),
+               {"atol": 2.5e-4, "rtol": 1e-4})
+        refers.append(refer)
+        if "sv_emb" + suffix in meta["inputs"]:
+            svs.append(_t(z, meta, "sv_emb" + suffix))
+    sv = svs if model.cfg.is_pro else None
+    ge = torch.stack([model.speaker_embedding(r, s) for r, s in zip(refers, sv or [None] * len(refers))]).mean(0)
+    audio = model.decode(_t(z, meta, "codes"), _t(z, meta, "text"), refers, sv_emb=sv,
+                         noise_scale=float(p.get("noise_scale", 0.0)), speed=float(p.get("speed", 1.0)))
+    return {"audio": audio, "ge": ge, "ge512": model.text_condition(ge)}
+
+
+@torch.no_grad()
+def _run_sv(model: SpeakerVerifier, z, meta):
+    wav = _t(z, meta, "wav16k")
+    return {"fbank": kaldi_fbank(wav), "embedding": model(wav)}
 
 
 @pytest.mark.parametrize("sidecar", _cases())
@@ -171,6 +204,8 @@ def test_conformance_case(sidecar: Path, fake_ckpts):
         got = _run_s1_infer(model, z, meta)
     elif kind == "s1_loss":
         got = _run_s1_loss(model, z, meta)
+    elif kind == "sv_embedding":
+        got = _run_sv(model, z, meta)
     else:
         got = _run_s2(model, z, meta)
     compare = meta.get("compare", {})

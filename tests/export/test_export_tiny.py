@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from export import cli
-from export.graphs import GRAPHS, constants, io_manifest
+from export.graphs import GRAPHS, applies, constants, io_manifest
 from gsv.checkpoint.bundle import Bundle, sha256_file
 from tests.conftest import REPO
 from tests.export.conftest import clone_bundle
@@ -29,7 +29,9 @@ def test_manifest_lists_every_verified_artifact(exported_tiny):
     b = Bundle.open(exported_tiny)
     consts = constants(b.gpt_config, b.sovits_config)
     arts = {(a["graph"], a["precision"]): a for a in b.artifacts if a["kind"] == "onnx"}
-    expected = {(g, "fp32") for g in GRAPHS} | {(g, "fp16") for g in GRAPHS} | {(g, "int8") for g, s in GRAPHS.items() if s.quantize}
+    graphs = {g: s for g, s in GRAPHS.items() if applies(s, consts)}
+    assert "speaker_verification" not in graphs  # a v2 bundle has no speaker-verification model
+    expected = {(g, "fp32") for g in graphs} | {(g, "fp16") for g in graphs} | {(g, "int8") for g, s in graphs.items() if s.quantize}
     assert set(arts) == expected
     for (graph, _), a in arts.items():
         f = b.path / a["file"]

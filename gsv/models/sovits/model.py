@@ -1,4 +1,4 @@
-"""SoVITS v1/v2 generator (upstream ``SynthesizerTrn``) with upstream's parameter names.
+"""SoVITS v1/v2/v2Pro/v2ProPlus generator (upstream ``SynthesizerTrn``) with upstream's parameter names.
 
 Inference is split in two parts that run and export separately:
 
@@ -10,6 +10,9 @@ Inference is split in two parts that run and export separately:
   exactly 640 samples per latent frame.
 
 ge comes from the reference spectrogram (:meth:`speaker_embedding`) and is computed once per voice.
+v2Pro/v2ProPlus (``cfg.is_pro``) add three layers: ge = PReLU(ref_enc(spec) + sv_emb(e)) with e the
+speaker-verification embedding of the same reference (gin 1024), and the text encoder's MRTE gets
+``ge_to512(ge)`` (:meth:`text_condition`) while the flow and the vocoder get ge itself.
 """
 from __future__ import annotations
 
@@ -151,18 +154,38 @@ class SoVITS(nn.Module):
         else:
             self.ssl_proj = nn.Conv1d(cfg.ssl_dim, cfg.ssl_dim, 1, stride=1)
         self.quantizer = ResidualVectorQuantizer(dimension=cfg.ssl_dim, n_q=1, bins=cfg.codebook_size)
+        if cfg.is_pro:
+            self.sv_emb = nn.Linear(cfg.sv_dim, cfg.gin_channels)
+            self.ge_to512 = nn.Linear(cfg.gin_channels, cfg.mrte_hidden)
+            self.prelu = nn.PReLU(num_parameters=cfg.gin_channels)
 
     @property
     def frames_per_code(self) -> int:
         return 2 if self.cfg.semantic_frame_rate == "25hz" else 1
 
     # ------------------------------------------------------------------ pieces
-    def speaker_embedding(self, refer: torch.Tensor, refer_lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """refer: linear spectrogram [B, 1025, T] -> ge [B, gin, 1] (only the first ref_enc_bins are used)."""
+    def speaker_embedding(self, refer: torch.Tensor, sv: torch.Tensor | None = None,
+                          refer_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """refer: linear spectrogram [B, 1025, T] -> ge [B, gin, 1] (only the first ref_enc_bins are used).
+
+        Pro models also need ``sv`` [B, sv_dim], the speaker-verification embedding of the same reference
+        audio (upstream has no Pro path without it)."""
         if refer_lengths is None:
             refer_lengths = torch.full((refer.shape[0],), refer.shape[2], dtype=torch.long, device=refer.device)
         mask = sequence_mask(refer_lengths, refer.shape[2]).unsqueeze(1).to(refer.dtype)
-        return self.ref_enc(refer[:, : self.cfg.ref_enc_bins] * mask, mask)
+        ge = self.ref_enc(refer[:, : self.cfg.ref_enc_bins] * mask, mask)  # [B, gin, 1]
+        if not self.cfg.is_pro:
+            return ge
+        if sv is None:
+            raise ValueError(f"a {self.cfg.version} model needs the speaker-verification embedding of each reference")
+        return self.prelu(ge + self.sv_emb(sv).unsqueeze(-1))
+
+    def text_condition(self, ge: torch.Tensor) -> torch.Tensor:
+        """The speaker vector the text encoder's MRTE adds: ge [B, gin, 1] itself, or for Pro models
+        its projection to the MRTE width [B, mrte_hidden, 1]."""
+        if not self.cfg.is_pro:
+            return ge
+        return self.ge_to512(ge.transpose(1, 2)).transpose(1, 2)
 
     def extract_latent(self, ssl: torch.Tensor) -> torch.Tensor:
         """HuBERT features [B, 768, T50] -> semantic codes [B, 1, T50 // 2] (an odd last frame is dropped)."""
@@ -183,7 +206,8 @@ class SoVITS(nn.Module):
         if phone_lengths is None:
             phone_lengths = torch.full((b,), phones.shape[1], dtype=torch.long, device=phones.device)
         q = self.codes_to_features(codes)
-        _, m_p, logs_p, y_mask = self.enc_p(q, code_lengths * self.frames_per_code, phones, phone_lengths, ge, speed)
+        _, m_p, logs_p, y_mask = self.enc_p(q, code_lengths * self.frames_per_code, phones, phone_lengths,
+                                            self.text_condition(ge), speed)
         return m_p, logs_p, y_mask
 
     def decode_latent(self, codes, phones, ge, noise: torch.Tensor | None = None, code_lengths=None,
@@ -205,11 +229,16 @@ class SoVITS(nn.Module):
     # ------------------------------------------------------------------ upstream-shaped entry point
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, text: torch.Tensor, refer, noise_scale: float = 0.5, speed: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, sv_emb=None) -> torch.Tensor:
         """Upstream ``SynthesizerTrn.decode``: codes [1, B, Tc] (n_q first), text [B, Tp], refer a
-        spectrogram [B, 1025, T] or a list of them (ge averaged) -> audio [B, 1, samples]."""
+        spectrogram [B, 1025, T] or a list of them (ge averaged), and for Pro models ``sv_emb`` the
+        speaker-verification embedding [B, sv_dim] of each reference (a list paired with ``refer``)
+        -> audio [B, 1, samples]."""
         refs = refer if isinstance(refer, (list, tuple)) else [refer]
-        ge = torch.stack([self.speaker_embedding(r) for r in refs], 0).mean(0)
+        svs = sv_emb if isinstance(sv_emb, (list, tuple)) else [sv_emb] * len(refs)
+        if len(svs) != len(refs):
+            raise ValueError("sv_emb must hold one embedding per reference")
+        ge = torch.stack([self.speaker_embedding(r, s) for r, s in zip(refs, svs)], 0).mean(0)
         codes = codes[0]
         m_p, logs_p, y_mask = self.prior(codes, text, ge, speed=speed)
         noise = None
