@@ -139,3 +139,25 @@ def test_pickle_protocol_fuzz_never_escapes(tmp_path):
             load_torch_zip(buf.getvalue())
         except CheckpointError:
             pass
+
+
+def test_forged_memo_index_is_refused_without_allocating(tiny_files, tmp_path):
+    """Found by the mutation fuzz: a LONG_BINPUT index of 1.6e9 made the unpickler allocate ~13 GB
+    (MemoryError, or the OOM killer)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    pkl = b"\x80\x02}r\x63\x63\x2e\x5f."  # EMPTY_DICT, LONG_BINPUT 1600086883, STOP
+    p = tmp_path / "memo.ckpt"
+    p.write_bytes(replace_pickle(tiny_files[0], pkl))
+    import re
+    from pathlib import Path
+
+    vm = int(re.search(r"VmSize:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+    limit = vm + 4 * 2**30  # room for the test, far below the 13 GB the forged index asks for
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    try:
+        with pytest.raises(CheckpointError, match="memo"):
+            load_gpt(p)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
