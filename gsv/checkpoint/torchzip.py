@@ -151,6 +151,12 @@ def load_torch_zip(data: bytes) -> Any:
         raise CheckpointError("not a PyTorch zip checkpoint")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
+        for info in archive.infolist():
+            # torch stores entries uncompressed; a compressed one declaring far more bytes than the
+            # whole file would be inflated in memory (a zip bomb)
+            if info.file_size > 4 * len(data) + (1 << 20):
+                raise CheckpointError(f"corrupt checkpoint: {info.filename} would expand to {info.file_size} bytes "
+                                      f"from a {len(data)}-byte file (a zip bomb?)")
         root = _find_root(archive.namelist())
         pkl = archive.read(root + "data.pkl")
         byteorder = "little"

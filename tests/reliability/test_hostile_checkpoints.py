@@ -161,3 +161,26 @@ def test_forged_memo_index_is_refused_without_allocating(tiny_files, tmp_path):
             load_gpt(p)
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def test_zip_bomb_is_refused_before_inflating(tiny_files, tmp_path):
+    """A storage entry deflated from 256 MiB of zeros (well under 1 MiB in the file) is refused by its
+    declared size, before anything is inflated."""
+    src = zipfile.ZipFile(io.BytesIO(tiny_files[0]))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for name in src.namelist():
+            if not name.endswith("/data/0"):
+                z.writestr(name, src.read(name))
+                continue
+            info = zipfile.ZipInfo(name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with z.open(info, "w", force_zip64=True) as f:
+                chunk = bytes(1 << 20)
+                for _ in range(256):
+                    f.write(chunk)
+    p = tmp_path / "bomb.ckpt"
+    p.write_bytes(out.getvalue())
+    assert p.stat().st_size < 2 << 20
+    with pytest.raises(CheckpointError, match="zip bomb"):
+        load_gpt(p)
