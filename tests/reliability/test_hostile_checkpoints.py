@@ -184,3 +184,27 @@ def test_zip_bomb_is_refused_before_inflating(tiny_files, tmp_path):
     assert p.stat().st_size < 2 << 20
     with pytest.raises(CheckpointError, match="zip bomb"):
         load_gpt(p)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "header-length", "header-json", "empty"])
+def test_damaged_bundle_weights_are_a_bundle_error(tiny_bundle, tmp_path, damage):
+    import shutil
+    import struct
+
+    from gsv.checkpoint.bundle import Bundle
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle.path, b)
+    f = b / "gpt.safetensors"
+    data = f.read_bytes()
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "header-length":  # claims an 8 GB JSON header
+        data = struct.pack("<Q", 8 << 30) + data[8:]
+    elif damage == "header-json":
+        data = data[:8] + b"{" * 16 + data[24:]
+    else:
+        data = b""
+    f.write_bytes(data)
+    with pytest.raises(GsvError):
+        Bundle.open(b).load_gpt()
