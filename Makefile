@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # model version of the demo's tiny base: v2, v2Pro or v2ProPlus (GSV_DEMO_VERSION=v2ProPlus make demo)
 GSV_DEMO_VERSION ?= v2
 
-.PHONY: setup sysdeps test test-fast demo protos clean cpp-client
+.PHONY: setup sysdeps test test-fast demo protos clean cpp-client gpu-check
 
 setup: $(STAMP) $(SYS_STAMP)
 
@@ -35,6 +35,11 @@ test-fast: setup
 
 demo: setup
 	$(PY) scripts/demo.py --out out --version $(GSV_DEMO_VERSION)
+
+# The GPU measurement (needs a CUDA machine; exits 2 at once without one):
+#   make gpu-check BUNDLE=bundles/v2 OUT=gpu-results
+gpu-check: setup
+	bash scripts/gpu_check.sh "$(BUNDLE)" "$(OUT)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache out

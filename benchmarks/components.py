@@ -65,6 +65,8 @@ def add_arguments(p) -> None:
     p.add_argument("--backends", default="torch,onnx,onnx-int8", help="comma-separated backend names")
     p.add_argument("--out", required=True, help="JSON results file")
     p.add_argument("--threads", type=int, default=None, help="threads for torch and ORT (default: all cores)")
+    p.add_argument("--device", default="cpu", help="device of the torch and ONNX backends: cpu, cuda[:N] "
+                                                   "(ORT CUDA provider), tensorrt[:N] (ORT TensorRT provider)")
     p.add_argument("--batches", default="1,8", help="decode batch sizes")
     p.add_argument("--context", type=int, default=200, help="cache positions per row during the timed decode steps")
     p.add_argument("--steps", type=int, default=20, help="timed decode steps per backend and batch size")
@@ -215,11 +217,18 @@ class _DecodeLoop:
 
 
 @torch.inference_mode()
+def _device_for(backend: str, device: str) -> str:
+    """--device for torch and the ONNX backends; TensorRT always runs on a CUDA device."""
+    if backend == "trt":
+        return device if device.startswith("cuda") else "cuda"
+    return device
+
+
 def bench_all(bundle, names: list[str], args, threads: int, probe: BandwidthProbe, param_bytes: int) -> dict:
     from gsv.backends import open_backends
 
     cfg, scfg = bundle.gpt_config, bundle.sovits_config
-    opened = {n: open_backends(bundle, n, threads=threads) for n in names}
+    opened = {n: open_backends(bundle, n, device=_device_for(n, args.device), threads=threads) for n in names}
     out: dict = {n: {} for n in names}
     gen = torch.Generator().manual_seed(0)
     inputs = _prefill_inputs(cfg, 1, 100, 100, gen)

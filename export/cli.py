@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     p.add_argument("--report", help="also write the verification report to this file (kept on failure)")
+    p.add_argument("--calibration-audio", nargs="+", default=(), metavar="WAV",
+                   help="reference audio for the INT8 decoder/vocoder calibration (a voice's own reference is best; "
+                        "default: a synthetic voiced signal)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         opts = ExportOptions(precisions=args.precision, graphs=args.graphs, trt=args.trt, verify=args.verify,
-                             threads=args.threads, seed=args.seed, progress=not args.no_progress)
+                             threads=args.threads, seed=args.seed, progress=not args.no_progress,
+                             calibration_audio=tuple(args.calibration_audio))
         report = export_bundle(args.bundle, opts)
     except VerificationFailed as e:
         _write_report(args.report, json_safe(e.report))
@@ -76,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     _write_report(args.report, json_safe(report))
     summary = {p: {"passed": r.get("passed"), "greedy_tokens_match": r.get("greedy_tokens_match"),
                    "snr_db": r.get("snr_db")} for p, r in report.get("precisions", {}).items()}
+    a8 = report.get("precisions", {}).get("int8", {}).get("audio_int8")
+    if a8:
+        summary["int8"]["audio_int8"] = {k: a8[k] for k in ("passed", "snr_db", "log_mel_l1", "fallback")}
     print(json.dumps(json_safe({"bundle": args.bundle, "verified": report["verified"], "precisions": summary})))
     return 0
 

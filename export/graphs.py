@@ -62,6 +62,7 @@ class GraphSpec:
     # TensorRT optimisation profile: dynamic axis -> (min, opt, max)
     trt_profile: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     quantize: bool = False  # gets an INT8 (dynamic quantisation) variant for CPU serving
+    quantize_static: bool = False  # gets an INT8 variant by static quantisation with calibration data
     description: str = ""
     when: str | None = None  # a constant that must be non-zero for the graph to exist (e.g. "pro")
 
@@ -136,6 +137,7 @@ GRAPHS: dict[str, GraphSpec] = {
             outputs=(_t("z", F32, "batch", "inter", "frames"), _t("frame_lens", I64, "batch")),
             # opt = a streaming window (12 left + 16 new + 3 lookahead tokens); max = a whole segment
             trt_profile={"batch": (1, 4, 8), "codes": (1, 32, 1500), "phones": (1, 64, 512), "frames": (2, 64, 3001)},
+            quantize_static=True,
             description="codes window [B,W] (left context | new | lookahead) + phones + ge + noise + speed -> z [B,C,F]",
         ),
         GraphSpec(
@@ -144,6 +146,7 @@ GRAPHS: dict[str, GraphSpec] = {
                     _t("frame_lens", I64, "batch")),
             outputs=(_t("audio", F32, "batch", "samples"),),
             trt_profile={"batch": (1, 4, 8), "frames": (2, 64, 3001)},
+            quantize_static=True,
             description="z [B,C,F] + ge -> audio [B, F*640] (each row zeroed past its frame_lens)",
         ),
     )

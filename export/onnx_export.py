@@ -98,6 +98,40 @@ def quantize_int8(src: Path, dst: Path) -> None:
         )
 
 
+# Static INT8 of the audio graphs (the decoder and the vocoder, compute-bound convolutions): int8
+# weights per output channel and uint8 activations with ranges calibrated on the bundle's own data
+# (export.calibration), in QDQ form so ORT fuses each Conv into its int8 kernel (VNNI where the CPU has
+# it).  Kept in FP32: the layers at the edges, where int8 rounding is least diluted: the vocoder's
+# conditioning, first and last convolutions (conv_post writes the waveform) and the decoder's output
+# projection (the prior mean/log-scale).
+INT8_STATIC_OPS = ("Conv", "ConvTranspose")
+INT8_STATIC_KEEP_FP32 = ("/dec/cond/", "/dec/conv_pre/", "/dec/conv_post/", "/enc_p/proj/", "/cond/")
+
+
+def quantize_int8_static(src: Path, dst: Path, calibration: list[dict]) -> None:
+    """Static INT8 (QDQ, per-channel int8 weights, uint8 activations, min/max ranges over ``calibration``,
+    a list of feeds: input name -> array)."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(calibration)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    keep = [n.name for n in graph.node if n.op_type in INT8_STATIC_OPS and any(k in n.name for k in INT8_STATIC_KEEP_FP32)]
+    with _quiet_root_logger(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(INT8_STATIC_OPS), nodes_to_exclude=keep,
+                        calibrate_method=CalibrationMethod.MinMax)
+
+
 def convert_fp16(src: Path, dst: Path) -> None:
     """FP16 weights and activations, with the ops of FP16_KEEP_FP32_OPS in FP32 and FP32 graph IO."""
     import onnx

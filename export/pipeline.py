@@ -26,7 +26,7 @@ from gsv.errors import BundleError, GsvError
 
 from export import verify as V
 from export.graphs import GRAPHS, OPSET, PRECISIONS, applies, constants, io_manifest
-from export.onnx_export import convert_fp16, export_fp32, quantize_int8
+from export.onnx_export import convert_fp16, export_fp32, quantize_int8, quantize_int8_static
 from export.wrappers import ExportModels
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class ExportOptions:
     seed: int = 0
     greedy_steps: int = V.GREEDY_STEPS
     progress: bool = True
+    calibration_audio: tuple[str, ...] = ()  # references for the INT8 audio graphs' calibration
 
     def __post_init__(self):
         bad = [p for p in self.precisions if p not in PRECISIONS]
@@ -73,6 +74,8 @@ class _Plan:
 
     onnx: dict[tuple[str, str], Path] = field(default_factory=dict)
     trt: dict[str, tuple[Path, dict]] = field(default_factory=dict)
+    # verified but outside their tolerance: not installed, and earlier exports of them are removed
+    withdrawn: set[tuple[str, str]] = field(default_factory=set)
 
 
 def open_checked(path: str | Path) -> Bundle:
@@ -130,6 +133,7 @@ def _export_into(bundle: Bundle, tmp: Path, opts: ExportOptions, trt_env) -> tup
         log.info("not exporting %s: only for v2Pro/v2ProPlus bundles", ", ".join(skipped))
     steps = [("export", g, "fp32") for g in graphs]
     steps += [("int8", g, "int8") for g in graphs if "int8" in precisions and GRAPHS[g].quantize]
+    steps += [("int8s", g, "int8") for g in graphs if "int8" in precisions and GRAPHS[g].quantize_static]
     steps += [("fp16", g, "fp16") for g in graphs if "fp16" in precisions]
     steps += [("verify", "", p) for p in precisions if opts.verify]
     steps += [("trt", g, "fp16") for g in graphs if trt_env is not None]
@@ -139,6 +143,7 @@ def _export_into(bundle: Bundle, tmp: Path, opts: ExportOptions, trt_env) -> tup
               "seed": opts.seed, "tolerances": {p: vars(V.TOLERANCES[p]) for p in precisions},
               "precisions": {}, "verified": opts.verify}
     bar = tqdm(steps, desc="gsv-export", unit="step", disable=not opts.progress or not sys.stderr.isatty())
+    calibration = None
     for kind, graph, precision in bar:
         bar.set_postfix_str(f"{kind} {graph or precision}")
         out = tmp / "onnx" / f"{graph}.{precision}.onnx"
@@ -146,6 +151,12 @@ def _export_into(bundle: Bundle, tmp: Path, opts: ExportOptions, trt_env) -> tup
             export_fp32(graph, out, consts, models)
         elif kind == "int8":
             quantize_int8(plan.onnx[(graph, "fp32")], out)
+        elif kind == "int8s":
+            if calibration is None:
+                from export.calibration import audio_calibration
+
+                calibration = audio_calibration(models, seed=opts.seed, audio_files=[Path(p) for p in opts.calibration_audio])
+            quantize_int8_static(plan.onnx[(graph, "fp32")], out, calibration[graph])
         elif kind == "fp16":
             convert_fp16(plan.onnx[(graph, "fp32")], out)
         elif kind == "verify":
@@ -190,8 +201,12 @@ def _verify_precision(precision: str, plan: _Plan, models: ExportModels, consts:
     cases = V.size_cases(opts.seed)
     files = {g: p for (g, p_), p in plan.onnx.items() if p_ == precision}
     sessions = {g: OrtGraph(p, "cpu", opts.threads) for g, p in files.items()}
+    # statically quantised audio graphs are judged on their audio together (below), not per graph
+    static = [g for g in sessions if precision == "int8" and GRAPHS[g].quantize_static]
     graphs = {}
     for g, sess in sessions.items():
+        if g in static:
+            continue
         graphs[g] = V.compare_graph(g, sess, models, consts, cases, tol, opts.seed)
         log.info("%s %s: max abs %.3g, max rel %.3g", precision, g, graphs[g]["max_abs_error"], graphs[g]["max_rel_error"])
     greedy = audio = None
@@ -201,9 +216,23 @@ def _verify_precision(precision: str, plan: _Plan, models: ExportModels, consts:
         greedy = V.greedy_check(TorchGPTBackend(gpt), ort_gpt, opts.seed, opts.greedy_steps)
     window = sessions.get("sovits_window") or _fp32_session(plan, "sovits_window", opts)
     vocoder = sessions.get("vocoder") or _fp32_session(plan, "vocoder", opts)
-    if window is not None and vocoder is not None and precision != "int8":  # int8 runs the fp32 audio graphs
-        audio = V.audio_snr(TorchAudioBackend(sovits), OnnxAudioBackend(sovits.cfg, window, vocoder), opts.seed)
-    return V.summarize(precision, graphs, greedy, audio)
+    audio_int8 = None
+    if window is not None and vocoder is not None:
+        measured = V.audio_snr(TorchAudioBackend(sovits), OnnxAudioBackend(sovits.cfg, window, vocoder), opts.seed)
+        if static:
+            audio_int8 = V.judge_int8_audio(measured)
+            audio_int8["graphs"] = static
+            log.info("int8 decoder+vocoder: SNR %.1f dB, log-mel L1 %.3f: %s", measured["snr_db"], measured["log_mel_l1"],
+                     "installed" if audio_int8["passed"] else "outside tolerance, onnx-int8 keeps the FP32 audio graphs")
+            if not audio_int8["passed"]:
+                for g in static:
+                    plan.withdrawn.add((g, precision))
+        elif precision != "int8":
+            audio = measured
+    out = V.summarize(precision, graphs, greedy, audio)
+    if audio_int8 is not None:
+        out["audio_int8"] = audio_int8
+    return out
 
 
 def _fp32_session(plan: _Plan, graph: str, opts: ExportOptions):
@@ -227,6 +256,8 @@ def _artifact_key(a: dict) -> tuple:
 def _install(bundle: Bundle, tmp: Path, plan: _Plan, report: dict, trt_env) -> None:
     consts = constants(bundle.gpt_config, bundle.sovits_config)
     new_artifacts = []
+    for key in plan.withdrawn:
+        plan.onnx.pop(key).unlink()
     for (graph, precision), p in plan.onnx.items():
         verified = report["precisions"].get(precision, {}).get("passed") if report["verified"] else None
         new_artifacts.append({
@@ -242,10 +273,11 @@ def _install(bundle: Bundle, tmp: Path, plan: _Plan, report: dict, trt_env) -> N
             "fp32_layers": info["fp32_layers"],
         })
     _merge_verify(bundle.path / "onnx" / VERIFY_FILE, tmp / "onnx" / VERIFY_FILE, report)
-    _swap_dir(bundle.path / "onnx", tmp / "onnx")
+    _swap_dir(bundle.path / "onnx", tmp / "onnx", skip={f"{g}.{p}.onnx" for g, p in plan.withdrawn})
     if plan.trt:
         _swap_dir(bundle.path / "trt", tmp / "trt")
     replaced = {_artifact_key(a) for a in new_artifacts}
+    replaced |= {("onnx", g, p, None, None) for g, p in plan.withdrawn}
 
     def update(manifest):
         kept = [a for a in manifest.get("artifacts", []) if _artifact_key(a) not in replaced]
@@ -279,12 +311,12 @@ def json_safe(x):
     return x
 
 
-def _swap_dir(live: Path, staged: Path) -> None:
-    """Make ``staged`` (plus the live files it does not replace, hard-linked) the live directory."""
+def _swap_dir(live: Path, staged: Path, skip: set[str] = frozenset()) -> None:
+    """Make ``staged`` (plus the live files it does not replace or ``skip``, hard-linked) the live directory."""
     if live.is_dir():
         for item in live.iterdir():
             target = staged / item.name
-            if target.exists():
+            if target.exists() or item.name in skip:
                 continue
             if item.is_dir():
                 shutil.copytree(item, target, copy_function=_link_or_copy)

@@ -94,6 +94,16 @@ def mel_spectrogram(wav: torch.Tensor) -> torch.Tensor:
     return spec_to_mel(spectrogram(wav))
 
 
+def log_mel_distance(ref: torch.Tensor, got: torch.Tensor, floor_db: float = -60.0) -> float:
+    """Mean |log mel(ref) - log mel(got)| of two equally long waveforms [B, N] at 32 kHz, each mel magnitude
+    floored at ``floor_db`` below ref's loudest (a difference under that floor is inaudible next to the
+    rest, and near-silence would otherwise dominate the log).  Natural log: 0.1 = 0.87 dB on average."""
+    basis = torch.from_numpy(mel_filterbank()).to(ref.dtype)
+    m_ref, m_got = basis @ spectrogram(ref), basis @ spectrogram(got.to(ref.dtype))  # [B, 128, F]
+    floor = float(m_ref.max()) * 10 ** (floor_db / 20) + 1e-12
+    return float((m_ref.clamp(min=floor).log() - m_got.clamp(min=floor).log()).abs().mean())
+
+
 # ------------------------------------------------------------------------------------ I/O
 def read_audio(source: str | Path | bytes) -> tuple[np.ndarray, int]:
     """Read an audio file (path or bytes) -> (mono float32 samples, sample rate).  AudioError when unreadable."""

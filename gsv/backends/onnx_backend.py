@@ -25,8 +25,8 @@ from gsv.models.sovits.model import latent_frames
 log = logging.getLogger(__name__)
 
 PRECISION_OF = {"onnx": "fp32", "onnx-int8": "int8", "onnx-fp16": "fp16"}
-# onnx-int8 quantises the GPT only (its MatMul weights dominate decode time); the SoVITS graphs are
-# convolution-bound and quality-sensitive, so that backend runs their FP32 graphs.
+# onnx-int8: the GPT graphs are dynamically quantised; the decoder and vocoder graphs statically (with
+# calibration) and only installed when their audio met its tolerance at export, else FP32 runs them.
 FALLBACK = {"int8": "fp32"}
 GPT_GRAPHS = ("gpt_prefill", "gpt_decode")
 AUDIO_GRAPHS = ("sovits_window", "vocoder")
@@ -241,6 +241,19 @@ def find_artifact(bundle, graph: str, precision: str, kind: str = "onnx") -> dic
                       f"run: gsv-export --bundle {bundle.path} --precision {precision}")
 
 
+def _int8_audio_reason(bundle) -> str:
+    """Why a bundle has no INT8 decoder/vocoder, from its verify.json."""
+    import json
+
+    try:
+        report = json.loads((bundle.path / "onnx" / "verify.json").read_text("utf-8"))
+        a8 = report["precisions"]["int8"]["audio_int8"]
+        return (f"the INT8 decoder+vocoder missed their tolerance at export (SNR {float(a8['snr_db']):.1f} dB, "
+                f"log-mel L1 {a8['log_mel_l1']:.3f}; limits {a8['tolerance']})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no INT8 decoder+vocoder in the bundle (exported before they existed: re-run gsv-export)"
+
+
 def open_onnx_backends(bundle, name: str = "onnx", device: str = "cpu", threads: "ThreadPlan | int | None" = None):
     """(OnnxGPTBackend, OnnxAudioBackend) of an opened bundle for backend ``name`` (onnx, onnx-int8, onnx-fp16)."""
     plan = threads if isinstance(threads, ThreadPlan) else ThreadPlan(threads, threads)
@@ -249,7 +262,11 @@ def open_onnx_backends(bundle, name: str = "onnx", device: str = "cpu", threads:
     except ImportError:
         raise GsvError("the onnx backends need onnxruntime (pip install 'gsv[export]')") from None
     precision = PRECISION_OF[name]
-    paths = {g: bundle.path / find_artifact(bundle, g, precision)["file"] for g in GPT_GRAPHS + AUDIO_GRAPHS}
+    arts = {g: find_artifact(bundle, g, precision) for g in GPT_GRAPHS + AUDIO_GRAPHS}
+    paths = {g: bundle.path / a["file"] for g, a in arts.items()}
+    fallback = [g for g in AUDIO_GRAPHS if arts[g]["precision"] != precision]
+    if precision == "int8" and fallback:
+        log.warning("%s: INT8 GPT with FP32 %s: %s", name, " + ".join(fallback), _int8_audio_reason(bundle))
     trt_cache = bundle.path / "trt" / "ort-ep-cache" if device.startswith("tensorrt") else None
     graphs = {g: OrtGraph(p, device, plan.gpt if g in GPT_GRAPHS else plan.audio, trt_cache,
                           spinning=plan.audio_spinning or g in GPT_GRAPHS) for g, p in paths.items()}

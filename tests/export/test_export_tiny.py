@@ -31,7 +31,10 @@ def test_manifest_lists_every_verified_artifact(exported_tiny):
     arts = {(a["graph"], a["precision"]): a for a in b.artifacts if a["kind"] == "onnx"}
     graphs = {g: s for g, s in GRAPHS.items() if applies(s, consts)}
     assert "speaker_verification" not in graphs  # a v2 bundle has no speaker-verification model
-    expected = {(g, "fp32") for g in graphs} | {(g, "fp16") for g in graphs} | {(g, "int8") for g, s in graphs.items() if s.quantize}
+    report = json.loads((b.path / "onnx" / "verify.json").read_text())
+    assert report["precisions"]["int8"]["audio_int8"]["passed"]  # so the INT8 decoder/vocoder are installed
+    expected = ({(g, "fp32") for g in graphs} | {(g, "fp16") for g in graphs}
+                | {(g, "int8") for g, s in graphs.items() if s.quantize or s.quantize_static})
     assert set(arts) == expected
     for (graph, _), a in arts.items():
         f = b.path / a["file"]
