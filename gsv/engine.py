@@ -15,6 +15,7 @@ Backends are used only through their narrow interface, so nothing here depends o
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -83,7 +84,7 @@ class Engine:
         self.queues: dict[Session, deque] = {}  # per-session FIFO of DecodeJob/_Marker
         self.noise_channels = audio.config.inter_channels
         self.deadline_chunks = deadline_chunks
-        self.decode_s_per_token = 0.0  # moving average over decoder calls (window tokens, padding included)
+        self.decode_s_per_token = 0.0  # moving average over decoder calls (vocoded tokens, padding included)
 
     # ------------------------------------------------------------------ admission
     def submit(self, session: Session) -> None:
@@ -217,8 +218,11 @@ class Engine:
     def _schedule(self, s: Session) -> None:
         tokens = s.sampler.tokens
         jobs = []
-        urgent = self._urgent(s)
-        while (w := s.assembler.next_window(len(tokens), s.seg_finished, urgent)) is not None:
+        listener = self._listener(s)
+        urgent, relaxed = listener == "urgent", listener in ("buffered", "urgent")
+        while (w := s.assembler.next_window(len(tokens), s.seg_finished, urgent, relaxed)) is not None:
+            if s.options.speed != 1.0:  # the vocoder context cut is exact at speed 1 only: vocode it all
+                w = dataclasses.replace(w, v0=-1)
             frames = latent_frames(w.w1 - w.w0, s.options.speed)
             jobs.append(DecodeJob(s, s.seg_index, w, torch.tensor(tokens[w.w0 : w.w1], dtype=torch.long),
                                   s.window_noise(w, frames, self.noise_channels), time.monotonic(),
@@ -242,17 +246,28 @@ class Engine:
                 q.extend(jobs)
                 self.cv.notify_all()
 
-    def _urgent(self, s: Session) -> bool:
-        """Would the listener run dry before the next planned window could be decoded?"""
-        if not self.deadline_chunks or s.t_first_audio is None or s.inflight:
-            return False
+    def _listener(self, s: Session) -> str:
+        """Where the request's listener (playing since its first audio) stands, for window cutting:
+
+        * ``none``: no listener tracking (offline, or before the first audio): planned chunk sizes;
+        * ``buffered``: audio is queued ahead of the listener: wait, windows grow (relaxed);
+        * ``urgent``: the listener would run dry before a window of what is pending could be decoded:
+          cut it now;
+        * ``dry``: the listener already ran out: planned sizes again; a shorter window no longer saves it
+          and only adds decoder work (under overload every stream would be cut to the least efficient size).
+        A window already in flight makes the request ``buffered`` (its audio is on the way).
+        """
+        if not self.deadline_chunks or s.t_first_audio is None:
+            return "none"
+        if s.inflight:
+            return "buffered"
         p = s.assembler.policy
         pending = len(s.sampler.tokens) - s.assembler.scheduled
-        window = p.left_context_tokens + pending + p.lookahead_tokens
+        vocoded = p.vocoder_context_tokens + pending + p.lookahead_tokens
         remaining = s.playback_deadline() - time.monotonic()
-        # already dry: a shorter window no longer saves the listener and only adds decoder work
-        # (under overload every stream would otherwise be cut to the smallest, least efficient chunks)
-        return 0.0 < remaining < window * self.decode_s_per_token + DEADLINE_MARGIN_S
+        if remaining <= 0.0:
+            return "dry"
+        return "urgent" if remaining < vocoded * self.decode_s_per_token + DEADLINE_MARGIN_S else "buffered"
 
     def _end_rows(self, ended: list[int]) -> None:
         if not ended:
@@ -373,7 +388,7 @@ class Engine:
                 s.finish("error", e)
             return True
         seconds = time.perf_counter() - t0
-        padded = len(batch) * max(j.codes.numel() for _, j in batch)
+        padded = len(batch) * max(j.window.w1 - j.window.vocode_start for _, j in batch)
         rate = seconds / max(padded, 1)
         self.decode_s_per_token = rate if not self.decode_s_per_token else 0.8 * self.decode_s_per_token + 0.2 * rate
         total = 0
@@ -390,6 +405,7 @@ class Engine:
                     s.finish("error", e)
                     continue
                 total += audio.size
+                s.samples_decoded += audio.size
                 self._emit(s, samples, j.segment)
         self.observer.on_decode(len(batch), seconds, total / C.SAMPLE_RATE)
         # markers that became heads behind the decoded jobs are handled on the next call
@@ -433,6 +449,8 @@ class Engine:
         phone_lens = torch.tensor([len(p) for p in phones_list])
         ge = torch.stack([j.session.voice.ge for j in jobs])
         speed = jobs[0].session.options.speed
+        # tokens of each window the vocoder skips (decoder-only left context)
+        vocode_from = torch.tensor([j.window.vocode_start - j.window.w0 for j in jobs])
         noise = None
         if any(j.noise is not None for j in jobs):
             frames = max(j.noise.shape[1] if j.noise is not None else 0 for j in jobs)
@@ -440,10 +458,11 @@ class Engine:
             for i, j in enumerate(jobs):
                 if j.noise is not None:
                     noise[i, :, : j.noise.shape[1]] = j.noise
-        audio = self.audio.decode_audio(codes, code_lens, phones, phone_lens, ge, noise, speed).float().cpu().numpy()
+        audio = self.audio.decode_audio(codes, code_lens, phones, phone_lens, ge, noise, speed,
+                                        vocode_from if bool(vocode_from.any()) else None).float().cpu().numpy()
         out = []
         for i, j in enumerate(jobs):
-            n = j.codes.numel() * C.SAMPLES_PER_TOKEN if speed == 1.0 else audio.shape[1]
+            n = (j.window.w1 - j.window.vocode_start) * C.SAMPLES_PER_TOKEN if speed == 1.0 else audio.shape[1]
             out.append(np.ascontiguousarray(audio[i, :n]))
         return out
 

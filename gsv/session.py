@@ -20,7 +20,8 @@ from gsv.errors import OptionError
 from gsv.sampling import RowSampler, SamplingOptions, make_generator
 from gsv.streaming import LATENCY_POLICIES, ChunkPolicy, SegmentAssembler, Window
 
-WHOLE_SEGMENT = ChunkPolicy(first_chunk_tokens=10**6, chunk_tokens=10**6, max_chunk_tokens=10**6, lookahead_tokens=0)
+WHOLE_SEGMENT = ChunkPolicy(first_chunk_tokens=10**6, chunk_tokens=10**6, max_chunk_tokens=10**6, lookahead_tokens=0,
+                            max_relaxed_chunk_tokens=10**6)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class Session:
         self.jobs_decoded = 0
         self.sequence = 0
         self.samples_out = 0
+        self.samples_decoded = 0  # vocoder output of this request's windows (context included): its decoder cost
         self.done = threading.Event()
         self.on_finish = on_finish  # called once, from whichever thread finishes the request
         self.finish_reason = ""

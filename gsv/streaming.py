@@ -6,6 +6,16 @@ context + new tokens + lookahead, so the decoder sees both sides of every emitte
 to join chunks: each chunk's last ``crossfade`` samples are held back and cross-faded with the
 next window's rendering of the same samples.  Every sample of the segment is emitted exactly once,
 so the streamed audio has exactly the length of a whole-segment decode.
+
+Two context widths, because the two SoVITS stages differ in cost and reach (``gsv-bench
+receptive-field``, full-size weights): the decoder (text encoder + flow) is ~5% of the cost and its
+self-attention reaches the whole window, so it gets a wide left context; the vocoder is ~95% of the
+cost and its convolutions reach only ~5 tokens (-60 dB at 5, exactly 0 beyond 7), so it renders just
+``vocoder_context_tokens`` before the new tokens: ``Window.v0``.
+
+When the server knows the listener's buffer (``relaxed``), a window is cut only when the listener
+would otherwise run dry, as large as the tokens allow (up to ``max_relaxed_chunk_tokens``): fewer,
+larger windows, so less audio is rendered twice for context.
 """
 from __future__ import annotations
 
@@ -30,10 +40,14 @@ class ChunkPolicy:
     chunk_tokens: int = 10  # second chunk; later chunks grow by `growth` up to max_chunk_tokens
     growth: float = 1.5
     max_chunk_tokens: int = 48
-    left_context_tokens: int = 12
+    left_context_tokens: int = 12  # decoder (text encoder + flow) context before the new tokens
     lookahead_tokens: int = 3
     crossfade_samples: int = 640
     min_chunk_tokens: int = 4  # smallest early chunk cut when a listener would otherwise run dry
+    # vocoder context before the new tokens: its influence is -40 dB at 4 tokens (full size); the
+    # crossfade region sits inside it, rendered with >= 3.5 tokens of context
+    vocoder_context_tokens: int = 4
+    max_relaxed_chunk_tokens: int = 100  # largest window cut when the listener's buffer allows it
 
     def __post_init__(self):
         if self.first_chunk_tokens < 1 or self.chunk_tokens < 1 or self.max_chunk_tokens < self.chunk_tokens:
@@ -42,8 +56,12 @@ class ChunkPolicy:
             raise OptionError("min_chunk_tokens must be >= 1")
         if self.left_context_tokens < 1 or self.lookahead_tokens < 0 or self.growth < 1.0:
             raise OptionError("left context must be >= 1 token, lookahead >= 0, growth >= 1")
-        if not 0 < self.crossfade_samples <= self.left_context_tokens * C.SAMPLES_PER_TOKEN:
-            raise OptionError("crossfade must be positive and fit in the left context")
+        if not 1 <= self.vocoder_context_tokens <= self.left_context_tokens:
+            raise OptionError("the vocoder context must be 1 token to the decoder's left context")
+        if not 0 < self.crossfade_samples <= self.vocoder_context_tokens * C.SAMPLES_PER_TOKEN:
+            raise OptionError("crossfade must be positive and fit in the vocoder context")
+        if self.max_relaxed_chunk_tokens < self.max_chunk_tokens:
+            raise OptionError("max_relaxed_chunk_tokens must be >= max_chunk_tokens")
 
     def chunk_size(self, index: int) -> int:
         if index == 0:
@@ -52,22 +70,29 @@ class ChunkPolicy:
 
 
 LATENCY_POLICIES = {
-    "lowest": ChunkPolicy(first_chunk_tokens=6, chunk_tokens=6, lookahead_tokens=2),
+    "lowest": ChunkPolicy(first_chunk_tokens=6, chunk_tokens=6, lookahead_tokens=2, vocoder_context_tokens=3),
     "balanced": ChunkPolicy(),
+    # quality: the vocoder's whole receptive field (its influence is exactly 0 beyond 7 tokens)
     "quality": ChunkPolicy(first_chunk_tokens=16, chunk_tokens=32, max_chunk_tokens=64, left_context_tokens=24,
-                           lookahead_tokens=6, crossfade_samples=1280),
+                           lookahead_tokens=6, crossfade_samples=1280, vocoder_context_tokens=8,
+                           max_relaxed_chunk_tokens=150),
 }
 
 
 @dataclass(frozen=True)
 class Window:
-    """Decode tokens [w0, w1); emit the audio of tokens [start, end)."""
+    """Decode tokens [w0, w1), vocode tokens [v0, w1); emit the audio of tokens [start, end)."""
 
     w0: int
     start: int
     end: int
     w1: int
     final: bool
+    v0: int = -1  # -1: vocode the whole window (v0 = w0)
+
+    @property
+    def vocode_start(self) -> int:
+        return self.w0 if self.v0 < 0 else self.v0
 
 
 def _fade(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,16 +113,18 @@ class SegmentAssembler:
         self.tail = np.zeros(0, dtype=np.float32)  # rendering of the last `crossfade` samples before `emitted`
         self.done = False
 
-    def next_window(self, available: int, finished: bool, urgent: bool = False) -> Window | None:
+    def next_window(self, available: int, finished: bool, urgent: bool = False, relaxed: bool = False) -> Window | None:
         """The next window to decode given ``available`` tokens, or None when not ready.
 
         ``urgent``: the listener will run out of audio before the planned chunk could be ready, so
         cut a shorter one now from what is there (at least ``min_chunk_tokens``, lookahead kept).
+        ``relaxed``: the caller tracks the listener's buffer and sets ``urgent`` in time, so after the
+        first chunk the planned size is ``max_relaxed_chunk_tokens``: windows are cut when urgent.
         """
         if self.done:
             return None
         p = self.policy
-        size = p.chunk_size(self.chunks)
+        size = p.max_relaxed_chunk_tokens if relaxed and self.chunks else p.chunk_size(self.chunks)
         start = self.scheduled
         if finished:
             if available <= start:
@@ -115,7 +142,7 @@ class SegmentAssembler:
         w1 = min(available, end + p.lookahead_tokens)
         self.scheduled = end
         self.chunks += 1
-        return Window(w0, start, end, w1, final)
+        return Window(w0, start, end, w1, final, v0=max(w0, start - p.vocoder_context_tokens))
 
     def finish(self) -> np.ndarray:
         """End of the segment with every token decoded: release the held-back tail."""
@@ -123,12 +150,13 @@ class SegmentAssembler:
         return out
 
     def accept(self, window: Window, audio: np.ndarray) -> np.ndarray:
-        """Audio of tokens [w0, w1) -> the samples to emit now (windows must be accepted in order)."""
+        """Audio of tokens [vocode_start, w1) -> the samples to emit now (windows must be accepted in order)."""
         if window.start != self.emitted:
             raise RuntimeError("windows accepted out of order")
-        spt = len(audio) / max(window.w1 - window.w0, 1)  # != 1280 only when speed != 1
-        a = int(round((window.start - window.w0) * spt))
-        b = int(round((window.end - window.w0) * spt))
+        v0 = window.vocode_start
+        spt = len(audio) / max(window.w1 - v0, 1)  # != 1280 only when speed != 1
+        a = int(round((window.start - v0) * spt))
+        b = int(round((window.end - v0) * spt))
         seg = audio[a:b]
         xf = self.tail.size
         out = []
@@ -149,3 +177,31 @@ class SegmentAssembler:
             self.tail = seg[seg.size - hold :].copy()
         self.emitted = window.end
         return np.concatenate(out).astype(np.float32) if out else np.zeros(0, dtype=np.float32)
+
+
+def streaming_quality(whole: np.ndarray, streamed: np.ndarray, joins: list[int], sr: int = C.SAMPLE_RATE,
+                      join_span: int = C.SAMPLES_PER_TOKEN) -> dict[str, float | int]:
+    """How close streamed audio is to a whole-utterance decode of the same tokens and noise.
+
+    ``joins``: sample offsets where chunks meet.  Returns the SNR of the streamed audio against the whole
+    decode (dB), the lowest SNR within ``join_span`` samples either side of a join (a misplaced or badly
+    cross-faded join shows here first) and the log-mel distance (gsv.audio.log_mel_distance).
+    """
+    import torch
+
+    from gsv.audio import log_mel_distance
+
+    if whole.shape != streamed.shape:
+        raise ValueError(f"streamed audio has {streamed.size} samples, the whole decode {whole.size}")
+
+    def snr(ref: np.ndarray, err: np.ndarray) -> float:
+        e = float(np.sum(np.square(err, dtype=np.float64)))
+        return float("inf") if e == 0 else 10 * np.log10(max(float(np.sum(np.square(ref, dtype=np.float64))), 1e-30) / e)
+
+    err = streamed - whole
+    inner = [j for j in joins if 0 < j < whole.size]
+    join_snr = [snr(whole[max(0, j - join_span): j + join_span], err[max(0, j - join_span): j + join_span])
+                for j in inner]
+    return {"snr_db": snr(whole, err), "join_snr_db_min": min(join_snr) if join_snr else float("inf"),
+            "joins": len(inner),
+            "log_mel_l1": log_mel_distance(torch.from_numpy(whole).unsqueeze(0), torch.from_numpy(streamed).unsqueeze(0))}

@@ -8,7 +8,8 @@ zero-copy as numpy; CUDA for TensorRT).  Shapes (L layers, n rows, H heads, T ca
 * ``GPTBackend.decode_step(tokens [n], positions [n], k_cache [L, n, H, T, Dh], v_cache, kv_lens [n])``
   -> ``(logits [n, V], new_k [L, n, H, Dh], new_v [L, n, H, Dh])``
 * ``AudioBackend.decode_audio(codes [B, Tc], code_lens [B], phones [B, Tp], phone_lens [B], ge [B, gin, 1],
-  noise [B, C, F] | None, speed)`` -> ``audio [B, F * 640]`` (rows longer than their valid length are padding)
+  noise [B, C, F] | None, speed, vocode_from [B] | None)`` -> ``audio [B, F' * 640]`` (rows longer than their valid
+  length are padding); ``vocode_from`` (tokens, speed 1 only) vocodes each row from that token on, F' frames
 
 Sampling is never inside a backend: every row has its own parameters and random generator.
 """
@@ -69,7 +70,8 @@ class AudioBackend(ABC):
     name: str = "?"
 
     @abstractmethod
-    def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0) -> torch.Tensor:
+    def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0,
+                     vocode_from: torch.Tensor | None = None) -> torch.Tensor:
         ...
 
 
@@ -172,3 +174,18 @@ class KVCache:
 
     def kv_lens(self) -> torch.Tensor:
         return self.lengths.to(self.device)
+
+
+def crop_latent(z: torch.Tensor, frame_lens: torch.Tensor, start_frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """z [B, C, F] with per-row valid lengths -> the frames from ``start_frames[b]`` on, left-aligned:
+    (z' [B, C, F'], frame_lens - start_frames), F' the longest remainder, rows zero past their length.
+
+    The vocoder only needs the frames its receptive field reaches (see gsv.streaming): the decoder's
+    wider left context is cut off here, between the two stages."""
+    starts = start_frames.to(frame_lens.device).long()
+    lens = frame_lens.long() - starts
+    out = z.new_zeros(z.shape[0], z.shape[1], int(lens.max()))
+    for b in range(z.shape[0]):
+        s, n = int(starts[b]), int(lens[b])
+        out[b, :, :n] = z[b, :, s : s + n]
+    return out, lens

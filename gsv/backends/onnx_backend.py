@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gsv.backends.base import AudioBackend, GPTBackend, ThreadPlan, check_noise
+from gsv.backends.base import AudioBackend, GPTBackend, ThreadPlan, check_noise, crop_latent
 from gsv.errors import BundleError, GsvError
 from gsv.models.sovits.model import latent_frames
 
@@ -211,7 +211,8 @@ class OnnxAudioBackend(AudioBackend):
     def from_files(cls, config, window_path, vocoder_path, device="cpu", threads=None, name="onnx"):
         return cls(config, OrtGraph(window_path, device, threads), OrtGraph(vocoder_path, device, threads), name)
 
-    def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0) -> torch.Tensor:
+    def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0,
+                     vocode_from=None) -> torch.Tensor:
         b, tc = codes.shape
         c = self.config.inter_channels
         frames = latent_frames(tc, float(speed))
@@ -223,6 +224,9 @@ class OnnxAudioBackend(AudioBackend):
              "phone_lens": phone_lens.long(), "ge": ge.float(), "noise": noise.float(),
              "speed": torch.tensor(float(speed), dtype=torch.float32)},
             {"z": (b, c, frames), "frame_lens": (b,)})
+        if vocode_from is not None:
+            z, frame_lens = crop_latent(z, frame_lens, 2 * vocode_from)
+            frames = z.shape[2]
         (audio,) = self.vocoder_graph.run({"z": z, "ge": ge.float(), "frame_lens": frame_lens},
                                           {"audio": (b, frames * self.config.hop_length)})
         return audio

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from gsv.backends.base import AudioBackend, GPTBackend
+from gsv.backends.base import AudioBackend, GPTBackend, crop_latent
 
 
 class _EagerModel:
@@ -40,9 +40,12 @@ class TorchAudioBackend(_EagerModel, AudioBackend):
     _loader = "load_sovits"
 
     @torch.inference_mode()
-    def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0) -> torch.Tensor:
+    def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0,
+                     vocode_from=None) -> torch.Tensor:
         d = self.device
         z, mask = self.model.decode_latent(codes.to(d), phones.to(d), ge.to(d), None if noise is None else noise.to(d),
                                            code_lens.to(d), phone_lens.to(d), speed)
-        frames = mask.sum(dim=(1, 2)).long() if codes.shape[0] > 1 else None
-        return self.model.vocode(z, ge.to(d), frames)
+        frames = mask.sum(dim=(1, 2)).long()
+        if vocode_from is not None:
+            z, frames = crop_latent(z, frames, 2 * vocode_from)
+        return self.model.vocode(z, ge.to(d), frames if codes.shape[0] > 1 else None)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from gsv.backends.base import AudioBackend, GPTBackend, KVCache, check_noise
+from gsv.backends.base import AudioBackend, GPTBackend, KVCache, check_noise, crop_latent
 from gsv.errors import BundleError, GsvError
 from gsv.models.sovits.model import latent_frames
 
@@ -172,7 +172,8 @@ class TrtAudioBackend(AudioBackend):
         self.config, self.window_engine, self.vocoder_engine = config, window, vocoder
         self.device = window.device
 
-    def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0) -> torch.Tensor:
+    def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0,
+                     vocode_from=None) -> torch.Tensor:
         b, tc = codes.shape
         frames = latent_frames(tc, float(speed))
         if noise is None:
@@ -181,7 +182,9 @@ class TrtAudioBackend(AudioBackend):
         z, frame_lens = self.window_engine.run({
             "codes": codes, "code_lens": code_lens, "phones": phones, "phone_lens": phone_lens, "ge": ge,
             "noise": noise, "speed": torch.tensor(float(speed), dtype=torch.float32)})
-        (audio,) = self.vocoder_engine.run({"z": z, "ge": ge, "frame_lens": frame_lens})
+        if vocode_from is not None:
+            z, frame_lens = crop_latent(z, frame_lens, 2 * vocode_from)
+        (audio,) = self.vocoder_engine.run({"z": z.contiguous(), "ge": ge, "frame_lens": frame_lens})
         return audio
 
 

@@ -69,7 +69,8 @@ def test_streaming_covers_every_sample_once(backends):
 def test_streaming_with_full_context_equals_whole_decode(backends, monkeypatch):
     import gsv.session as S
 
-    wide = ChunkPolicy(first_chunk_tokens=4, chunk_tokens=6, max_chunk_tokens=8, left_context_tokens=64, lookahead_tokens=64)
+    wide = ChunkPolicy(first_chunk_tokens=4, chunk_tokens=6, max_chunk_tokens=8, left_context_tokens=64, lookahead_tokens=64,
+                       vocoder_context_tokens=64)
     monkeypatch.setitem(S.LATENCY_POLICIES, "balanced", wide)
     _, c1 = synth(backends, streaming=True, noise_scale=0.5)
     _, c2 = synth(backends, streaming=False, noise_scale=0.5)
@@ -233,3 +234,55 @@ def test_deadline_chunks_keep_every_sample(backends, monkeypatch):
     assert audio_of(urgent).size == audio_of(planned).size
     starts = np.cumsum([0] + [c.samples.size for c in urgent[:-1]])
     assert [c.start_sample for c in urgent] == starts.tolist()
+
+
+def test_vocoder_context_cut_changes_nothing_the_vocoder_reaches(backends, monkeypatch):
+    """Vocoding only ``vocoder_context_tokens`` of the decoder's left context gives the audio of vocoding
+    all of it (the tiny vocoder reaches < 3 tokens), for less vocoder work."""
+    import gsv.session as S
+
+    def run(vc):
+        monkeypatch.setitem(S.LATENCY_POLICIES, "balanced", ChunkPolicy(vocoder_context_tokens=vc))
+        s, chunks = synth(backends, streaming=True, noise_scale=0.5, max_tokens=60)
+        return s, audio_of(chunks)
+
+    s_all, full = run(12)
+    s_cut, cut = run(4)
+    assert cut.size == full.size
+    np.testing.assert_allclose(cut, full, atol=1e-5 * float(np.abs(full).max()))
+    assert s_cut.samples_decoded < s_all.samples_decoded
+    assert s_cut.samples_decoded / s_cut.samples_out < s_all.samples_decoded / s_all.samples_out
+
+
+def test_relaxed_windows_are_cut_when_urgent_and_as_large_as_the_tokens_allow():
+    from gsv.streaming import SegmentAssembler
+
+    p = ChunkPolicy(first_chunk_tokens=12, lookahead_tokens=3, vocoder_context_tokens=4, max_relaxed_chunk_tokens=60)
+    a = SegmentAssembler(p)
+    w = a.next_window(15, False, relaxed=True)  # the first chunk keeps its planned size
+    assert (w.start, w.end, w.v0, w.w0) == (0, 12, 0, 0)
+    assert a.next_window(40, False, relaxed=True) is None  # a buffered listener: no window yet
+    w = a.next_window(40, False, urgent=True, relaxed=True)  # now: everything there, lookahead kept
+    assert (w.start, w.end, w.w1, w.v0, w.w0) == (12, 37, 40, 8, 0)
+    w = a.next_window(100, False, relaxed=True)  # 60 + lookahead available: cut without urgency
+    assert (w.start, w.end) == (37, 97)
+
+
+def test_relaxed_windows_decode_less_per_emitted_second(backends):
+    """With a listener buffer (server mode) windows are fewer and larger: the decoder renders less audio
+    twice; every sample is still emitted exactly once."""
+
+    def run(deadline_chunks):
+        chunks = []
+        opts = SynthesisOptions(sampling=SamplingOptions(seed=3, max_tokens=80, top_k=5))
+        s = Session("r", make_voice(3), make_segments(3, n=1), opts, sink=chunks.append)
+        eng = Engine(*backends, deadline_chunks=deadline_chunks)
+        eng.submit(s)
+        eng.run(s)  # offline: the GPT runs far ahead of any listener, so relaxed windows are rarely urgent
+        return s, chunks
+
+    s_fixed, fixed = run(False)
+    s_relaxed, relaxed = run(True)
+    assert audio_of(relaxed).size == audio_of(fixed).size
+    assert len(relaxed) < len(fixed)
+    assert s_relaxed.samples_decoded < s_fixed.samples_decoded
