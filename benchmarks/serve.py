@@ -213,17 +213,22 @@ def machine() -> dict:
             "processor": platform.processor() or platform.machine()}
 
 
-def sweep(target, args, metrics_url, label):
-    for _ in range(args.warmup):
-        asyncio.run(closed_loop(target, args, 1))
-    levels = []
-    for c in [int(x) for x in args.concurrency.split(",") if x]:
-        lv = run_level(target, args, "concurrency", c, metrics_url)
-        print(f"[{label}] concurrency {c}: ttfa p50 {lv['ttfa_ms_p50']} ms, {lv['audio_seconds_per_second']:.2f} "
-              f"audio s/s, underruns {lv['underruns']}, errors {lv['errors']}", file=sys.stderr)
-        levels.append(lv)
-    poisson = [run_level(target, args, "rate", float(r), metrics_url) for r in args.rates.split(",") if r]
-    return levels, poisson
+def sweep(servers: list[tuple[str, str, str | None]], args) -> dict[str, tuple[list, list]]:
+    """Run every level on every server ``(label, target, metrics_url)``, interleaved level by level
+    (A B, then B A at the next level, ...), so drift of a shared machine hits both alike."""
+    for _, target, _ in servers:
+        for _ in range(args.warmup):
+            asyncio.run(closed_loop(target, args, 1))
+    out = {label: ([], []) for label, _, _ in servers}
+    steps = [("concurrency", int(x)) for x in args.concurrency.split(",") if x]
+    steps += [("rate", float(r)) for r in args.rates.split(",") if r]
+    for i, (kind, value) in enumerate(steps):
+        for label, target, metrics_url in (servers if i % 2 == 0 else servers[::-1]):
+            lv = run_level(target, args, kind, value, metrics_url)
+            print(f"[{label}] {kind} {value}: ttfa p50 {lv['ttfa_ms_p50']} ms, {lv['audio_seconds_per_second']:.2f} "
+                  f"audio s/s, underruns {lv['underruns']}, errors {lv['errors']}", file=sys.stderr)
+            out[label][0 if kind == "concurrency" else 1].append(lv)
+    return out
 
 
 def run(args) -> int:
@@ -234,9 +239,7 @@ def run(args) -> int:
         targets = [s.target if s else spec for s, spec in zip(servers, args.compare)]
         metrics = [s.metrics if s else None for s in servers]
         try:
-            runs = {}
-            for label, target, m in zip(("A", "B"), targets, metrics):
-                runs[label] = sweep(target, args, m, label)
+            runs = sweep(list(zip(("A", "B"), targets, metrics)), args)
         finally:
             for s in servers:
                 if s:
@@ -256,7 +259,7 @@ def run(args) -> int:
             print("gsv-bench: error: give --server HOST:PORT or --compare A B", file=sys.stderr)
             return 2
         report["server"] = args.server
-        report["levels"], report["poisson"] = sweep(args.server, args, args.metrics, "server")
+        report["levels"], report["poisson"] = sweep([("server", args.server, args.metrics)], args)["server"]
     Path(args.out).write_text(json.dumps(report, indent=2))
     if args.plot:
         plot(report, args.plot)

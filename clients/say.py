@@ -14,7 +14,7 @@ import wave
 
 import numpy as np
 
-from clients.tts_client import TtsClient, TtsError
+from clients.tts_client import StreamResult, TtsClient, TtsError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         with TtsClient(args.server, token=args.token, tls_root_cert=root, timeout=args.timeout) as client:
             writer = None
             stream = None
+            r = StreamResult()
             try:
-                for chunk in client.stream_chunks(args.text, args.voice, language=args.lang, seed=args.seed,
+                for chunk in client.stream_chunks(args.text, args.voice, result=r, language=args.lang, seed=args.seed,
                                                   max_audio_seconds=args.max_audio_seconds, speed=args.speed,
                                                   sample_rate=args.sample_rate, latency=args.latency):
                     pcm = (np.clip(chunk.samples, -1, 1) * 32767).round().astype("<i2")
@@ -74,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
                 if stream is not None:
                     stream.stop()
                     stream.close()
-            r = client.last
             if writer is None and args.output:  # no audio at all: still write a valid empty file
                 with wave.open(args.output, "wb") as w:
                     w.setnchannels(1)

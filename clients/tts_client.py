@@ -2,14 +2,18 @@
 
     from clients import TtsClient
     with TtsClient("localhost:50051") as tts:
-        for chunk in tts.stream("Hello there.", voice="alice"):
+        for chunk in tts.stream_chunks("Hello there.", voice="alice"):
             play(chunk.samples)            # float32 numpy at chunk.sample_rate
+        result = tts.stream("Hello again.", voice="alice")   # a StreamResult: all chunks + timings
 
-:class:`TtsClient` is synchronous (thread-safe, one channel); :class:`AsyncTtsClient` is the
-asyncio twin.  Both raise :class:`TtsError` (with the gRPC status code) on failure.
+:class:`TtsClient` is synchronous; one instance may be shared by threads (one channel, no
+per-call state on the client: every call's results are returned to its caller).
+:class:`AsyncTtsClient` is the asyncio twin.  Both raise :class:`TtsError` (with the gRPC status
+code) on failure.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterable, Iterator
@@ -194,10 +198,14 @@ class TtsClient:
     def synthesize(self, text: str, voice: str, **kw) -> pb.SynthesizeResponse:
         return self._call(self.stub.Synthesize, pb.SynthesizeRequest(config=config(voice, **kw), text=text))
 
-    def stream_chunks(self, text: str, voice: str, **kw) -> Iterator[AudioChunk]:
-        """Yield audio chunks as they arrive; ``self.last`` holds the StreamResult afterwards."""
+    def stream_chunks(self, text: str, voice: str, result: StreamResult | None = None,
+                      **kw) -> Iterator[AudioChunk]:
+        """Yield audio chunks as they arrive; pass a ``result`` to collect them, the start message and
+        the summary into it (it is the caller's, so concurrent calls never share one)."""
         consumer = _Consumer()
-        self.last = consumer.result
+        if result is not None:
+            consumer.result = result
+            result.t_start = time.monotonic()
         call = self.stub.StreamingSynthesize(pb.SynthesizeRequest(config=config(voice, **kw), text=text),
                                              timeout=self.timeout, metadata=self.metadata)
         try:
@@ -212,9 +220,10 @@ class TtsClient:
             consumer.finish()
 
     def stream(self, text: str, voice: str, **kw) -> StreamResult:
-        for _ in self.stream_chunks(text, voice, **kw):
+        result = StreamResult()
+        for _ in self.stream_chunks(text, voice, result=result, **kw):
             pass
-        return self.last
+        return result
 
     def bidi(self, pieces: Iterable[str | tuple[str, bool]], voice: str, **kw) -> StreamResult:
         """Send text pieces (``(text, flush)`` tuples or plain strings) and collect the audio."""
@@ -313,10 +322,54 @@ class AsyncTtsClient:
             pass
         return result
 
-    async def list_voices(self, language: str = "") -> list[pb.Voice]:
+    async def bidi(self, pieces: Iterable[str | tuple[str, bool]], voice: str, *, pause: float = 0.0,
+                   **kw) -> StreamResult:
+        """Send text pieces (``(text, flush)`` tuples or plain strings; ``pause`` seconds apart) and
+        collect the audio; the result's timings start when the first piece is sent."""
+        consumer = _Consumer()
+
+        async def requests():
+            yield pb.BidiSynthesizeRequest(config=config(voice, **kw))
+            for i, p in enumerate(pieces):
+                if i and pause:
+                    await asyncio.sleep(pause)
+                text, flush = p if isinstance(p, tuple) else (p, False)
+                if i == 0:
+                    consumer.result.t_start = time.monotonic()
+                yield pb.BidiSynthesizeRequest(input=pb.TextInput(text=text, flush=flush))
+
         try:
-            resp = await self.stub.ListVoices(pb.ListVoicesRequest(language=language), timeout=self.timeout,
-                                              metadata=self.metadata)
+            async for msg in self.stub.BidiSynthesize(requests(), timeout=self.timeout, metadata=self.metadata):
+                consumer.feed(msg)
         except grpc.RpcError as e:
             raise TtsError.from_rpc(e) from None
-        return list(resp.voices)
+        return consumer.finish()
+
+    async def _call(self, fn, request):
+        try:
+            return await fn(request, timeout=self.timeout, metadata=self.metadata)
+        except grpc.RpcError as e:
+            raise TtsError.from_rpc(e) from None
+
+    async def register_voice(self, voice_id: str, reference_audio: bytes, reference_text: str,
+                             reference_language: str, consent: str, aux: list[bytes] = (), display_name: str = "",
+                             overwrite: bool = False) -> pb.Voice:
+        return await self._call(self.stub.RegisterVoice, pb.RegisterVoiceRequest(
+            voice_id=voice_id, reference_audio=reference_audio, reference_text=reference_text,
+            reference_language=reference_language, aux_reference_audio=list(aux), display_name=display_name,
+            consent_statement=consent, overwrite=overwrite))
+
+    async def get_voice(self, voice_id: str) -> pb.Voice:
+        return await self._call(self.stub.GetVoice, pb.GetVoiceRequest(voice_id=voice_id))
+
+    async def delete_voice(self, voice_id: str) -> None:
+        await self._call(self.stub.DeleteVoice, pb.DeleteVoiceRequest(voice_id=voice_id))
+
+    async def list_voices(self, language: str = "") -> list[pb.Voice]:
+        out, token = [], ""
+        while True:
+            resp = await self._call(self.stub.ListVoices, pb.ListVoicesRequest(page_token=token, language=language))
+            out.extend(resp.voices)
+            token = resp.next_page_token
+            if not token:
+                return out

@@ -14,15 +14,17 @@ log = logging.getLogger(__name__)
 
 
 def _sampling_args(p) -> None:
-    g = p.add_argument_group("sampling (upstream defaults)")
+    # defaults (None here) are the option dataclasses' own, i.e. upstream's: defined once, in gsv.sampling
+    # (SamplingOptions) and gsv.session (SynthesisOptions)
+    g = p.add_argument_group("sampling (unset = upstream's default)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default: random; printed)")
-    g.add_argument("--max-tokens", type=int, default=1500, help="semantic tokens per text segment (25 per second)")
-    g.add_argument("--top-k", type=int, default=15)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--repetition-penalty", type=float, default=1.35)
-    g.add_argument("--speed", type=float, default=1.0)
-    g.add_argument("--noise-scale", type=float, default=0.5)
+    g.add_argument("--max-tokens", type=int, default=None, help="semantic tokens per text segment (25 per second)")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--repetition-penalty", type=float, default=None)
+    g.add_argument("--speed", type=float, default=None)
+    g.add_argument("--noise-scale", type=float, default=None)
     g.add_argument("--split", default="cut5", help="text split method cut0..cut5")
     g.add_argument("--stream", action="store_true", help="decode in streaming chunks (as the server does)")
 
@@ -74,13 +76,16 @@ def _options(args):
     from gsv.sampling import SamplingOptions
     from gsv.session import SynthesisOptions
 
-    sampling = SamplingOptions(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                               repetition_penalty=args.repetition_penalty, seed=args.seed, max_tokens=args.max_tokens)
-    seed = sampling.resolved_seed()
     import dataclasses
 
-    return SynthesisOptions(sampling=dataclasses.replace(sampling, seed=seed), speed=args.speed,
-                            noise_scale=args.noise_scale, streaming=args.stream), seed
+    def given(*names):
+        return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+    sampling = dataclasses.replace(SamplingOptions(), **given("top_k", "top_p", "temperature", "repetition_penalty",
+                                                             "seed", "max_tokens"))
+    seed = sampling.resolved_seed()
+    return SynthesisOptions(sampling=dataclasses.replace(sampling, seed=seed), streaming=args.stream,
+                            **given("speed", "noise_scale")), seed
 
 
 def cmd_synth(args) -> int:

@@ -27,6 +27,7 @@ import torch
 
 from gsv import constants as C
 from gsv.backends.base import AudioBackend, GPTBackend
+from gsv.models.sovits.model import latent_frames
 from gsv.session import DecodeJob, Session
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class EngineObserver:
     def on_decode(self, rows: int, seconds: float, audio_seconds: float) -> None: ...
     def on_chunk(self, session: Session, samples: int, underrun: bool) -> None: ...
     def on_finished(self, session: Session) -> None: ...
+    def on_occupancy(self, live_rows: int, waiting: int) -> None: ...
 
 
 @dataclass
@@ -94,6 +96,7 @@ class Engine:
                 self.waiting.append(session)
             else:  # bidirectional request without text yet
                 session.parked = True
+            self._occupancy()
             self.cv.notify_all()
 
     def append_segments(self, session: Session, segments: list, close: bool = False) -> None:
@@ -116,6 +119,7 @@ class Engine:
                     self.waiting.append(session)
                 elif not session.may_get_more():
                     q.append(_Marker("end", session.seg_index))
+            self._occupancy()
             self.cv.notify_all()
 
     @property
@@ -130,10 +134,16 @@ class Engine:
             return not self.rows and not self.waiting and not any(self.queues.values())
 
     # ------------------------------------------------------------------ AR loop
+    def _occupancy(self) -> None:
+        """Report rows in use and requests waiting for one (call with ``cv`` held)."""
+        self.observer.on_occupancy(len(self.rows), len(self.waiting))
+
     def ar_step(self) -> bool:
         """One scheduler iteration; False when there was nothing to do."""
         self._retire_dead()
         admitted = self._admit()
+        with self.cv:
+            self._occupancy()
         if not self.rows:
             return admitted
         t0 = time.perf_counter()
@@ -213,7 +223,7 @@ class Engine:
         while (w := s.assembler.next_window(len(tokens), s.seg_finished, urgent, relaxed)) is not None:
             if s.options.speed != 1.0:  # the vocoder context cut is exact at speed 1 only: vocode it all
                 w = dataclasses.replace(w, v0=-1)
-            frames = int(2 * (w.w1 - w.w0) / s.options.speed) + 1 if s.options.speed != 1.0 else 2 * (w.w1 - w.w0)
+            frames = latent_frames(w.w1 - w.w0, s.options.speed)
             jobs.append(DecodeJob(s, s.seg_index, w, torch.tensor(tokens[w.w0 : w.w1], dtype=torch.long),
                                   s.window_noise(w, frames, self.noise_channels), time.monotonic(),
                                   first=s.sequence == 0 and s.inflight == 0 and not jobs, deadline=s.playback_deadline()))
@@ -228,9 +238,11 @@ class Engine:
         if jobs:
             with self.cv:
                 q = self.queues.get(s)
-                if q is None:
+                # a cancel between this step's retire and now has already dropped the queued windows:
+                # queueing later ones would leave a gap the assembler cannot accept
+                if q is None or s.cancelled:
                     return
-                s.inflight += sum(isinstance(j, DecodeJob) for j in jobs)
+                s.jobs_scheduled += sum(isinstance(j, DecodeJob) for j in jobs)
                 q.extend(jobs)
                 self.cv.notify_all()
 
@@ -265,7 +277,8 @@ class Engine:
         self.rows = [s for i, s in enumerate(self.rows) if i not in set(ended)]
         with self.cv:
             for s in sessions:
-                if s.cancelled:
+                if s.cancelled:  # cancelled while its row was still live: end it now
+                    self._finish_now(s, "cancelled")
                     continue
                 if s.more_segments():
                     s.seg_index += 1
@@ -294,19 +307,25 @@ class Engine:
             self.observer.on_finished(s)
 
     def cancel(self, s: Session) -> None:
-        """Cancel from any thread: a row is freed at the next AR iteration; a request without a row
-        (queued, or waiting for more input) ends now; queued decode jobs are dropped now."""
+        """Cancel from any thread: a row is freed (and the request ended) at the next AR iteration; a
+        request without a row — queued, waiting for more input, or with only decoding left — ends
+        now; queued decode jobs are dropped now."""
         s.cancel()
         with self.cv:
-            without_row = s in self.waiting or s.parked
+            # rows is rebound by the AR thread; either binding is fine: a session seen with a row is
+            # ended by that thread (_retire_dead/_end_rows), one seen without a row ends here, and
+            # ending twice is a no-op
+            has_row = s in self.rows
             if s in self.waiting:
                 self.waiting.remove(s)
-            if without_row:
+            if has_row:
+                if s in self.queues:
+                    self.queues[s].clear()
+            else:
                 self.queues.pop(s, None)
-            elif s in self.queues:
-                self.queues[s].clear()
+            self._occupancy()
             self.cv.notify_all()
-        if without_row and not s.done.is_set():
+        if not has_row and not s.done.is_set():
             s.finish("cancelled")
             self.observer.on_finished(s)
 
@@ -375,11 +394,19 @@ class Engine:
         total = 0
         for (s, j), audio in zip(batch, audios):
             with s.lock:
-                samples = s.assemblers[j.segment].accept(j.window, audio)
+                s.jobs_decoded += 1
+                if s.cancelled:
+                    continue  # cancelled while decoding: nobody waits for this audio
+                try:
+                    samples = s.assemblers[j.segment].accept(j.window, audio)
+                except Exception as e:  # a bug in one request must not cost the others in the batch
+                    log.exception("request %s: decoded window rejected; failing the request", s.request_id)
+                    self.cancel(s)
+                    s.finish("error", e)
+                    continue
                 total += audio.size
                 s.samples_decoded += audio.size
                 self._emit(s, samples, j.segment)
-                s.inflight -= 1
         self.observer.on_decode(len(batch), seconds, total / C.SAMPLE_RATE)
         # markers that became heads behind the decoded jobs are handled on the next call
         return True
@@ -450,8 +477,7 @@ class Engine:
                 s.emit(np.zeros(0, dtype=np.float32), m.segment, final=True)
                 with self.cv:
                     self.queues.pop(s, None)
-                reason = "max_audio" if s.token_budget is not None and s.total_tokens >= s.token_budget else "completed"
-                s.finish(reason)
+                s.finish(s.end_reason())
                 self.observer.on_finished(s)
 
     def _emit(self, s: Session, samples: np.ndarray, segment: int) -> None:

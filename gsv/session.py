@@ -5,6 +5,7 @@ backends are shared and stateless with respect to requests.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -118,10 +119,12 @@ class Session:
         self.noise: list[torch.Tensor] = []  # per token [C, 2] blocks of the current segment
         self.audio_pos = 0
         self.total_tokens = 0
-        self.token_budget = (
-            int(options.max_audio_seconds * C.TOKENS_PER_SECOND * options.speed) if options.max_audio_seconds else None
-        )
-        self.inflight = 0  # decode jobs not yet emitted
+        # max_audio_seconds caps everything the listener hears: tokens (1 / (25 * speed) s each) and
+        # the pauses between segments (one before every segment after the first)
+        self.max_samples = int(options.max_audio_seconds * C.SAMPLE_RATE) if options.max_audio_seconds else None
+        # decode jobs: scheduled only by the AR thread, decoded only by the decoder thread (one writer each)
+        self.jobs_scheduled = 0
+        self.jobs_decoded = 0
         self.sequence = 0
         self.samples_out = 0
         self.samples_decoded = 0  # vocoder output of this request's windows (context included): its decoder cost
@@ -146,12 +149,16 @@ class Session:
     def segment(self) -> TextSegment:
         return self.segments[self.seg_index]
 
+    @property
+    def inflight(self) -> int:
+        """Decode jobs scheduled and not yet emitted."""
+        return self.jobs_scheduled - self.jobs_decoded
+
     def start_segment(self, vocab_size: int, eos: int) -> None:
         opts = self.options.sampling
-        if self.token_budget is not None:
-            remaining = max(1, self.token_budget - self.total_tokens)
-            opts = SamplingOptions(opts.top_k, opts.top_p, opts.temperature, opts.repetition_penalty, self.seed,
-                                   min(opts.max_tokens, remaining))
+        left = self.tokens_left()
+        if left is not None:
+            opts = dataclasses.replace(opts, seed=self.seed, max_tokens=max(1, min(opts.max_tokens, left)))
         self.sampler = RowSampler.start(opts, self.sample_gen, self.voice.prompt_tokens, vocab_size, eos)
         self.assemblers[self.seg_index] = SegmentAssembler(self.options.chunk_policy)
         self.seg_finished = False
@@ -183,16 +190,33 @@ class Session:
             return torch.cat(self.noise[window.w0 : window.w1], dim=1)  # the same noise per frame in every window
         return torch.randn(noise_channels, frames, generator=self.noise_gen) * self.options.noise_scale
 
-    def budget_left(self) -> bool:
-        return self.token_budget is None or self.total_tokens < self.token_budget
+    def tokens_left(self, pauses: int = 0) -> int | None:
+        """Tokens that still fit in max_audio_seconds after the audio committed so far and ``pauses``
+        more pauses between segments (None: no cap)."""
+        if self.options.max_audio_seconds is None:
+            return None
+        o = self.options
+        per_token = 1.0 / (C.TOKENS_PER_SECOND * o.speed)
+        used = self.total_tokens * per_token + (self.seg_index + pauses) * o.fragment_interval
+        return math.floor((o.max_audio_seconds - used) / per_token + 1e-6)
+
+    def budget_left(self, pauses: int = 0) -> bool:
+        left = self.tokens_left(pauses)
+        return left is None or left >= 1
 
     def more_segments(self) -> bool:
-        """Another segment is ready to start after the current one."""
-        return self.seg_index + 1 < len(self.segments) and self.budget_left()
+        """Another segment is ready to start after the current one (and still fits, pause included)."""
+        return self.seg_index + 1 < len(self.segments) and self.budget_left(pauses=1)
 
     def may_get_more(self) -> bool:
-        """More segments may still arrive (open input and budget left)."""
-        return self.input_open and self.budget_left()
+        """More segments may still arrive (open input and room for a pause and a token)."""
+        return self.input_open and self.budget_left(pauses=1)
+
+    def end_reason(self) -> str:
+        """Why a request that ran to its end stopped: "max_audio" when the cap cut it short."""
+        cut = self.seg_index + 1 < len(self.segments) or (self.sampler is not None and self.sampler.finish_reason ==
+                                                          "max_tokens" and not self.budget_left())
+        return "max_audio" if self.options.max_audio_seconds is not None and cut else "completed"
 
     # ------------------------------------------------------------------ state
     @property
@@ -212,6 +236,9 @@ class Session:
         return self.t_first_audio + self.samples_out / C.SAMPLE_RATE
 
     def emit(self, samples: np.ndarray, segment: int, final: bool = False) -> AudioChunk | None:
+        if self.max_samples is not None and self.samples_out + samples.size > self.max_samples:
+            # the token budget keeps this to rounding (a frame at speed != 1); never exceed the cap
+            samples = samples[: max(self.max_samples - self.samples_out, 0)]
         if samples.size == 0 and not final:
             return None
         chunk = AudioChunk(samples, self.sequence, self.samples_out, segment, final)

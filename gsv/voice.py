@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,12 @@ from gsv.errors import AudioError, VoiceError
 
 log = logging.getLogger(__name__)
 
-VOICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+VOICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always used with fullmatch
 VOICE_FORMAT_VERSION = 1
 SILENCE_RMS = 1e-4  # below this (about -80 dBFS) a reference is treated as silent
 CLIP_LEVEL = 0.999
 MAX_CLIPPED_FRACTION = 0.01
+AUX_MIN_SECONDS = 0.5  # shortest auxiliary reference (its spectrogram must span the reference encoder's frames)
 
 
 @dataclass
@@ -70,20 +72,37 @@ class Voice:
 
 
 def validate_voice_id(voice_id: str) -> str:
-    if not isinstance(voice_id, str) or not VOICE_ID_RE.match(voice_id):
-        raise VoiceError(f"invalid voice id {voice_id!r} (1-64 characters: letters, digits, '_', '.', '-')")
+    """The id itself, if it is 1-64 of [A-Za-z0-9_.-] starting with a letter or digit (whole string:
+    "nl\\n" is not "nl")."""
+    if not isinstance(voice_id, str) or not VOICE_ID_RE.fullmatch(voice_id):
+        preview = repr(voice_id[:40]) + ("…" if len(voice_id) > 40 else "") if isinstance(voice_id, str) else repr(voice_id)
+        raise VoiceError(f"invalid voice id {preview} (1-64 characters: letters, digits, '_', '.', '-')")
     return voice_id
+
+
+def validate_consent(statement: str) -> str:
+    """A consent statement must say something: invisible format characters (zero-width spaces,
+    joiners, ...), control characters and white space alone are not consent."""
+    visible = [ch for ch in statement if unicodedata.category(ch)[0] not in "CZ"]
+    if not any(unicodedata.category(ch)[0] in "LN" for ch in visible):
+        raise VoiceError("consent_statement is required: record the speaker's consent to clone this voice")
+    return statement
 
 
 # ---------------------------------------------------------------------------------------- audio checks
 def check_reference(samples: np.ndarray, sr: int, name: str = "reference audio", *, check_length: bool = True) -> None:
-    """Raise AudioError for audio upstream would refuse or that cannot give a usable voice."""
+    """Raise AudioError for audio upstream would refuse or that cannot give a usable voice.
+
+    ``check_length=False`` (auxiliary references, used only for the speaker vector): any length from
+    AUX_MIN_SECONDS up (the reference spectrogram needs a few frames; upstream crashes below that)."""
     if not np.all(np.isfinite(samples)):
         raise AudioError(f"{name} contains NaN or infinite samples")
     seconds = samples.size / sr
     if check_length and not C.REF_MIN_SECONDS <= seconds <= C.REF_MAX_SECONDS:
         raise AudioError(f"{name} is {seconds:.2f} s long; it must be between {C.REF_MIN_SECONDS:g} and "
                          f"{C.REF_MAX_SECONDS:g} seconds")
+    if not check_length and seconds < AUX_MIN_SECONDS:
+        raise AudioError(f"{name} is {seconds:.2f} s long; it must be at least {AUX_MIN_SECONDS:g} seconds")
     rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
     if rms < SILENCE_RMS:
         raise AudioError(f"{name} is silent (RMS {rms:.2g})")
@@ -155,11 +174,44 @@ class VoiceStore:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise VoiceError(f"cannot use voices folder {self.root}: {e.strerror}") from None
-        self._clean_temporaries()
+        self._recover()
 
-    def _clean_temporaries(self) -> None:
+    def _recover(self) -> None:
+        """Finish what a process killed while writing left behind (every temporary starts ``.tmp-``).
+
+        A save stages a complete copy (``voice.json`` written last), then swaps it in with two renames
+        (live -> ``.tmp-old-*``, staged -> live).  Killed between them, the voice has no live folder
+        but an old copy and (normally) the staged one: the newest complete copy (version, creation
+        time; the staged one on a tie) becomes the live folder again.  A stage that never began its
+        swap was never committed and is dropped, like everything else left (old copies of finished
+        swaps, half-written stages, folders of deletions).
+        """
+        copies: dict[str, list[tuple[tuple, Path]]] = {}
+        swapping: set[str] = set()  # voices whose live folder was renamed away (an old copy exists)
         for p in self.root.glob(".tmp-*"):
-            shutil.rmtree(p, ignore_errors=True)  # left by a process killed while writing
+            if p.name.startswith(".tmp-del-") or not p.is_dir():
+                continue
+            meta = _complete_copy(p)
+            vid = meta.get("voice_id") if meta else None
+            if not isinstance(vid, str) or not VOICE_ID_RE.fullmatch(vid) or (self.root / vid / "voice.json").is_file():
+                continue
+            old = p.name.startswith(".tmp-old-")
+            if old:
+                swapping.add(vid)
+            rank = (int(meta.get("version", 0)), float(meta.get("created", 0.0)), not old)
+            copies.setdefault(vid, []).append((rank, p))
+        for vid in swapping:
+            _, p = max(copies[vid], key=lambda c: c[0])
+            live = self.root / vid
+            if live.exists():
+                shutil.rmtree(live)  # a folder without voice.json is not a voice
+            os.replace(p, live)
+            log.warning("voice %s restored from a write that was interrupted", vid)
+        for p in self.root.glob(".tmp-*"):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
     def path(self, voice_id: str) -> Path:
         return self.root / validate_voice_id(voice_id)
@@ -168,9 +220,11 @@ class VoiceStore:
         return (self.path(voice_id) / "voice.json").is_file()
 
     def ids(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if (p / "voice.json").is_file() and VOICE_ID_RE.match(p.name))
+        return sorted(p.name for p in self.root.iterdir() if VOICE_ID_RE.fullmatch(p.name) and (p / "voice.json").is_file())
 
-    def save(self, voice: Voice, references: list[bytes] | None = None, overwrite: bool = False) -> Path:
+    def save(self, voice: Voice, references: list[bytes] | None = None, overwrite: bool = False,
+             extra: dict[str, Any] | None = None) -> Path:
+        """Write the voice atomically; ``extra`` adds keys to its voice.json (e.g. a display name)."""
         from safetensors.torch import save_file
 
         dest = self.path(voice.voice_id)
@@ -186,8 +240,8 @@ class VoiceStore:
             save_file(tensors, str(tmp / "tensors.safetensors"))
             for i, data in enumerate(references or []):
                 (tmp / f"reference_{i}.bin").write_bytes(data)
-            meta = voice.metadata() | {"references": len(references or [])}
-            (tmp / "voice.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")
+            meta = (extra or {}) | voice.metadata() | {"references": len(references or [])}
+            (tmp / "voice.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")  # last
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
@@ -216,10 +270,13 @@ class VoiceStore:
                              "re-register it for this bundle")
         try:
             t = load_file(str(self.path(voice_id) / "tensors.safetensors"))
-            return Voice(meta["voice_id"], meta["language"], meta["ref_text"], list(meta["prompt_phones"]),
-                         t["prompt_bert"], t["prompt_tokens"], t["ge"], meta["bundle_id"], meta.get("owner", ""),
-                         meta.get("consent", ""), meta.get("created", 0.0), meta.get("version", 1),
-                         meta.get("norm_text", ""), meta.get("n_aux_refs", 0), t.get("sv_emb"))
+            return Voice(voice_id=meta["voice_id"], language=meta["language"], ref_text=meta["ref_text"],
+                         prompt_phones=list(meta["prompt_phones"]), prompt_bert=t["prompt_bert"],
+                         prompt_tokens=t["prompt_tokens"], ge=t["ge"], bundle_id=meta["bundle_id"],
+                         owner=meta.get("owner", ""), consent=meta.get("consent", ""),
+                         created=meta.get("created", 0.0), version=meta.get("version", 1),
+                         norm_text=meta.get("norm_text", ""), n_aux_refs=meta.get("n_aux_refs", 0),
+                         sv_emb=t.get("sv_emb"))
         except (SafetensorError, OSError, KeyError, ValueError) as e:
             raise VoiceError(f"voice {voice_id!r} is corrupt ({e})") from None
 
@@ -229,10 +286,23 @@ class VoiceStore:
         n = int(self.metadata(voice_id).get("references", 0))
         return [(p / f"reference_{i}.bin").read_bytes() for i in range(n)]
 
-    def delete(self, voice_id: str) -> None:
+    def delete(self, voice_id: str) -> None:  # (a kill after the rename leaves .tmp-del-*: removed at start)
         p = self.path(voice_id)
         if not (p / "voice.json").is_file():
             raise VoiceError(f"unknown voice {voice_id!r}")
         trash = self.root / f".tmp-del-{voice_id}-{os.getpid()}"
         os.replace(p, trash)  # atomic: the voice disappears at once
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _complete_copy(folder: Path) -> dict[str, Any] | None:
+    """The metadata of a complete voice folder (voice.json, written last, parses; its files exist)."""
+    try:
+        meta = json.loads((folder / "voice.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not (folder / "tensors.safetensors").is_file():
+        return None
+    if not all((folder / f"reference_{i}.bin").is_file() for i in range(int(meta.get("references", 0)))):
+        return None
+    return meta

@@ -16,9 +16,10 @@ from gsv import __version__
 from gsv.backends import open_backends
 from gsv.checkpoint.bundle import Bundle
 from gsv.engine import Engine
-from gsv.voice import VoiceStore
 from protos.tts.v1 import tts_pb2, tts_pb2_grpc
+from server.admission import Admission, Authenticator
 from server.config import ServerConfig
+from server.interceptor import ErrorMappingInterceptor
 from server.metrics import ServerMetrics
 from server.runner import EngineRunner
 from server.service import TtsService
@@ -26,6 +27,13 @@ from server.voices import VoiceRegistry
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = tts_pb2.DESCRIPTOR.services_by_name["TextToSpeech"].full_name
+# Request headers up to this size reach the handlers (grpcio's default soft limit of 8 KiB refuses
+# bigger ones at random with RESOURCE_EXHAUSTED); an oversized token is then UNAUTHENTICATED.
+MAX_METADATA_BYTES = 64 * 1024
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES)]
 
 
 def default_backend(bundle: Bundle) -> str:
@@ -45,14 +53,25 @@ class ServerState:
     metrics: ServerMetrics
     backend_name: str
     precision: str
+    auth: Authenticator
+    admission: Admission
     frontend_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, "gsv-frontend"))
-    voice_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "gsv-voices"))
-    in_flight: int = 0
-    draining: bool = False
+    # voice lookups that miss the cache, file reads and preparation; two threads, so one long
+    # registration does not hold up every lookup behind it
+    voice_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, "gsv-voices"))
+    port: int = 0
 
     @property
     def model_id(self) -> str:
         return self.bundle.bundle_id
+
+    @property
+    def in_flight(self) -> int:
+        return self.admission.in_flight
+
+    @property
+    def draining(self) -> bool:
+        return self.admission.draining
 
 
 def build_state(config: ServerConfig) -> ServerState:
@@ -66,16 +85,21 @@ def build_state(config: ServerConfig) -> ServerState:
                     deadline_chunks=config.deadline_chunks)
     text = TextPreparer.from_bundle(bundle)
     preparer = make_voice_preparer(bundle, text)
-    registry = VoiceRegistry(VoiceStore(config.voices), preparer, bundle.bundle_id, scoped=bool(config.tokens))
+    registry = VoiceRegistry(config.voices, preparer, bundle.bundle_id, scoped=bool(config.tokens))
     precision = "int8" if backend.endswith("int8") else ("fp16" if backend in ("trt", "onnx-fp16") else "fp32")
     metrics.build_info.info({"version": __version__})
     metrics.model_info.info({"model": bundle.bundle_id, "version": bundle.model_version, "backend": backend,
                              "precision": precision, "native_sample_rate_hz": str(bundle.sample_rate)})
-    return ServerState(config, bundle, engine, EngineRunner(engine), registry, text, metrics, backend, precision)
+    admission = Admission(config.max_live, config.max_queue, config.retry_after_ms, metrics)
+    return ServerState(config, bundle, engine, EngineRunner(engine), registry, text, metrics, backend, precision,
+                       Authenticator(config.tokens), admission)
 
 
 def warm_up(state: ServerState) -> None:
-    """One prefill + decode step + decoder call with dummy inputs, so the first request is not slow."""
+    """One prefill + decode step + decoder call with dummy inputs, so the first request is not slow.
+
+    Runs before the engine threads start and before any request is admitted: a backend's IO
+    binding (ONNX Runtime) or execution context (TensorRT) must not be used by two threads at once."""
     import torch
 
     cfg = state.engine.gpt.config
@@ -93,8 +117,8 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None, state:
                 stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set), then drain."""
     state = state or build_state(config)
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                                      ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    interceptor = ErrorMappingInterceptor(state.metrics, SERVICE_NAME)
+    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[interceptor])
     tts_pb2_grpc.add_TextToSpeechServicer_to_server(TtsService(state), server)
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -114,12 +138,14 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None, state:
     if config.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(config.metrics_port, registry=state.metrics.registry)
+        # the same interface as the gRPC port unless told otherwise (the endpoint has no auth)
+        start_http_server(config.metrics_port, addr=config.metrics_bind_host, registry=state.metrics.registry)
     for name in ("", SERVICE_NAME):
         await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await server.start()
-    state.runner.start()
+    await server.start()  # requests are refused (UNAVAILABLE) until the warm-up is done
     await asyncio.get_running_loop().run_in_executor(None, warm_up, state)
+    state.runner.start()
+    state.admission.ready = True
     for name in ("", SERVICE_NAME):
         await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving on port %d (backend %s)", bound, state.backend_name)
@@ -133,7 +159,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None, state:
     if ready is not None:
         ready.set()
     await stop.wait()
-    await drain(state, server, health_servicer)
+    await drain(state, server, health_servicer, interceptor)
 
 
 async def _set_health(servicer, name: str, status) -> None:
@@ -142,16 +168,30 @@ async def _set_health(servicer, name: str, status) -> None:
         await result
 
 
-async def drain(state: ServerState, server, health_servicer) -> None:
-    """Refuse new work (UNAVAILABLE), let in-flight streams finish up to the grace period, stop."""
-    state.draining = True
+async def drain(state: ServerState, server, health_servicer, interceptor) -> None:
+    """Refuse new work (UNAVAILABLE), let in-flight streams finish up to the grace period, stop.
+
+    Requests still running at the end of the grace period are cancelled (their clients see
+    CANCELLED or UNAVAILABLE); that is expected and logged as one line, not as errors."""
+    state.admission.draining = True
     for name in ("", SERVICE_NAME):
         await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.NOT_SERVING)
     deadline = time.monotonic() + state.config.drain_grace_seconds
     while state.in_flight > 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    log.info("stopping (%d requests still in flight)", state.in_flight)
+    if state.in_flight:
+        log.info("stopping: cancelling %d requests still in flight after the %g s grace period", state.in_flight,
+                 state.config.drain_grace_seconds)
+    else:
+        log.info("stopping")
     await server.stop(1.0)
+    # grpcio has cancelled the calls still running; let their handlers unwind (free their sessions)
+    # before this coroutine returns: tasks still pending when the event loop closes are cancelled
+    # again by asyncio and logged by grpcio as errors
+    unwind = time.monotonic() + 5.0
+    while interceptor.active and time.monotonic() < unwind:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.05)
     state.runner.stop()
     state.frontend_pool.shutdown(wait=False, cancel_futures=True)
     state.voice_pool.shutdown(wait=False, cancel_futures=True)

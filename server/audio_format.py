@@ -7,12 +7,13 @@ import struct
 import numpy as np
 
 from gsv import constants as C
+from gsv.errors import OptionError
 
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
-class FormatError(ValueError):
-    pass
+class FormatError(OptionError):
+    """An output format the server cannot produce (the request's fault: INVALID_ARGUMENT)."""
 
 
 class OutputConverter:

@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voices", required=True, type=Path, help="voices folder (created if missing)")
     p.add_argument("--port", type=int, default=50051)
     p.add_argument("--host", default="[::]")
-    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics HTTP port")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics HTTP port (no auth)")
+    p.add_argument("--metrics-host", default=None,
+                   help="interface of the /metrics endpoint (default: the same as --host)")
     p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8", "onnx-fp16", "trt"], default=None,
                    help="default: onnx when the bundle has ONNX graphs, torch otherwise")
     p.add_argument("--device", default="cpu")
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-text-chars", type=int, default=2000)
     p.add_argument("--max-audio-seconds", type=float, default=120.0)
     p.add_argument("--grace", type=float, default=30.0, help="seconds to let in-flight streams finish on SIGTERM")
+    p.add_argument("--bidi-idle-timeout", type=float, default=30.0,
+                   help="close a BidiSynthesize stream after this many seconds without text or audio")
     p.add_argument("--tls-cert", type=Path)
     p.add_argument("--tls-key", type=Path)
     p.add_argument("--tokens", type=Path, help='JSON file {"<bearer token>": "<owner name>", ...}; enables auth')
@@ -60,14 +64,17 @@ def config_from_args(args):
             raise GsvError(f"--tokens {args.tokens}: {e}") from None
         if not isinstance(tokens, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tokens.items()):
             raise GsvError("--tokens must be a JSON object of token -> owner strings")
+        if not tokens:  # never start open when the operator asked for auth
+            raise GsvError(f"--tokens {args.tokens} has no tokens; auth would be off")
     try:
         return ServerConfig(bundle=args.bundle, voices=args.voices, port=args.port, host=args.host,
-                            metrics_port=args.metrics_port, backend=args.backend, device=args.device,
+                            metrics_port=args.metrics_port, metrics_host=args.metrics_host, backend=args.backend, device=args.device,
                             threads=args.threads, ar_threads=args.ar_threads,
                             decoder_threads=args.decoder_threads, max_live=args.max_live, max_queue=args.max_queue,
                             max_decode_batch=args.max_decode_batch,
                             deadline_chunks=not args.no_deadline_chunks, max_text_chars=args.max_text_chars,
                             max_audio_seconds=args.max_audio_seconds, drain_grace_seconds=args.grace,
+                            bidi_idle_timeout=args.bidi_idle_timeout,
                             tls_cert=args.tls_cert, tls_key=args.tls_key, tokens=tokens,
                             reflection=not args.no_reflection)
     except ValueError as e:

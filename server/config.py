@@ -12,6 +12,7 @@ class ServerConfig:
     port: int = 50051
     host: str = "[::]"
     metrics_port: int | None = None
+    metrics_host: str | None = None  # None: the same host as the gRPC port
     backend: str | None = None  # None: ONNX Runtime when the bundle has ONNX graphs, else torch
     device: str = "cpu"
     threads: int | None = None  # both stages, unless ar_threads / decoder_threads say otherwise
@@ -26,12 +27,19 @@ class ServerConfig:
     max_reference_bytes: int = 4 * 1024 * 1024
     max_buffered_audio_seconds: float = 30.0  # a client this far behind is cut off (it stopped reading)
     bidi_max_buffer_seconds: float = 1.0  # buffered bidi text is synthesized after this long without a sentence end
+    bidi_idle_timeout: float = 30.0  # a bidi stream with no text and no audio for this long is closed
     drain_grace_seconds: float = 30.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tokens: dict[str, str] = field(default_factory=dict)  # bearer token -> owner name; empty = no auth
     reflection: bool = True
     retry_after_ms: int = 500
+
+    @property
+    def metrics_bind_host(self) -> str:
+        """The Prometheus endpoint's address in the form its HTTP server takes ("[::]" -> "::")."""
+        host = self.metrics_host if self.metrics_host is not None else self.host
+        return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
     def thread_plan(self):
         """Threads of the two concurrent stages; the decoder's idle threads sleep instead of spinning.
@@ -53,3 +61,8 @@ class ServerConfig:
                 raise ValueError("thread counts must be >= 1")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
+        if not self.bidi_idle_timeout > 0:
+            raise ValueError("--bidi-idle-timeout must be > 0 seconds")
+        for token, owner in self.tokens.items():
+            if not token.strip() or not owner.strip():
+                raise ValueError("bearer tokens and owner names must not be empty")

@@ -5,7 +5,7 @@ points and at RPC boundaries — never computed by scanning state.
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 from gsv.engine import EngineObserver
 
@@ -18,6 +18,7 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 class ServerMetrics(EngineObserver):
     def __init__(self):
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes etc. (leak watching, gsv-bench soak)
         self.ttfa = Histogram("tts_time_to_first_audio_seconds", "Request received -> first audio written",
                               ["method"], buckets=LATENCY_BUCKETS, registry=r)
         self.duration = Histogram("tts_request_duration_seconds", "Whole request duration", ["method"],
@@ -79,3 +80,7 @@ class ServerMetrics(EngineObserver):
     def on_finished(self, session) -> None:
         if session.finish_reason in ("cancelled", "deadline"):
             self.cancellations.labels(session.finish_reason).inc()
+
+    def on_occupancy(self, live_rows: int, waiting: int) -> None:
+        self.live_rows.set(live_rows)
+        self.queue_depth.set(waiting)

@@ -13,6 +13,7 @@ def open_backends(bundle, name: str = "torch", device: str = "cpu", threads=None
 
     ``threads``: CPU threads of the ONNX Runtime graphs, one count for both or a
     :class:`~gsv.backends.base.ThreadPlan` per stage (None = all cores); torch and TensorRT ignore it.
+    ``device``: where every backend runs (``trt``: ``cuda``/``cuda:N``; ``cpu`` means the first GPU).
     """
     from gsv.errors import GsvError
 
@@ -27,5 +28,5 @@ def open_backends(bundle, name: str = "torch", device: str = "cpu", threads=None
     if name == "trt":
         from gsv.backends.trt_backend import open_trt_backends
 
-        return open_trt_backends(bundle)
+        return open_trt_backends(bundle, "cuda" if device == "cpu" else device)
     raise GsvError(f"unknown backend {name!r} (choose from {', '.join(BACKEND_NAMES)})")

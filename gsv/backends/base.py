@@ -75,6 +75,13 @@ class AudioBackend(ABC):
         ...
 
 
+def check_noise(noise: torch.Tensor, frames: int) -> None:
+    """The caller sizes noise [B, C, frames] with :func:`gsv.models.sovits.model.latent_frames`, the
+    same arithmetic as every backend; a different length is a bug, not something to pad away."""
+    if noise.shape[2] != frames:
+        raise ValueError(f"noise has {noise.shape[2]} frames; the decoder makes {frames}")
+
+
 class KVCache:
     """Keys/values of the live rows: k, v [L, n, H, T, Dh] with ``lengths[n]`` valid positions per row.
 

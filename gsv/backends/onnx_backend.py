@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gsv.backends.base import AudioBackend, GPTBackend, ThreadPlan, crop_latent
+from gsv.backends.base import AudioBackend, GPTBackend, ThreadPlan, check_noise, crop_latent
 from gsv.errors import BundleError, GsvError
+from gsv.models.sovits.model import latent_frames
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,6 @@ def default_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def latent_frames(tokens: int, speed: float) -> int:
-    """Frames of z for ``tokens`` codes, computed as the exported graph does (float32 maths)."""
-    if speed == 1.0:
-        return 2 * tokens
-    return int(np.float32(2 * tokens) / np.float32(speed)) + 1
 
 
 class OrtGraph:
@@ -224,9 +218,7 @@ class OnnxAudioBackend(AudioBackend):
         frames = latent_frames(tc, float(speed))
         if noise is None:  # noise_scale 0: z_p = m_p exactly, as the torch path's None
             noise = torch.zeros(b, c, frames)
-        elif noise.shape[2] != frames:  # the caller sized it in double maths; rare off-by-one at speed != 1
-            noise = torch.nn.functional.pad(noise, (0, frames - noise.shape[2])) if noise.shape[2] < frames \
-                else noise[:, :, :frames]
+        check_noise(noise, frames)
         z, frame_lens = self.window_graph.run(
             {"codes": codes.long(), "code_lens": code_lens.long(), "phones": phones.long(),
              "phone_lens": phone_lens.long(), "ge": ge.float(), "noise": noise.float(),

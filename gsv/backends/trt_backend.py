@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from gsv.backends.base import AudioBackend, GPTBackend, KVCache
+from gsv.backends.base import AudioBackend, GPTBackend, KVCache, check_noise, crop_latent
 from gsv.errors import BundleError, GsvError
+from gsv.models.sovits.model import latent_frames
 
 log = logging.getLogger(__name__)
 
@@ -173,16 +174,11 @@ class TrtAudioBackend(AudioBackend):
 
     def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0,
                      vocode_from=None) -> torch.Tensor:
-        from gsv.backends.base import crop_latent
-        from gsv.backends.onnx_backend import latent_frames
-
         b, tc = codes.shape
         frames = latent_frames(tc, float(speed))
         if noise is None:
             noise = torch.zeros(b, self.config.inter_channels, frames, device=self.device)
-        elif noise.shape[2] != frames:
-            noise = torch.nn.functional.pad(noise, (0, frames - noise.shape[2])) if noise.shape[2] < frames \
-                else noise[:, :, :frames]
+        check_noise(noise, frames)
         z, frame_lens = self.window_engine.run({
             "codes": codes, "code_lens": code_lens, "phones": phones, "phone_lens": phone_lens, "ge": ge,
             "noise": noise, "speed": torch.tensor(float(speed), dtype=torch.float32)})
@@ -203,9 +199,13 @@ def find_engine(bundle, graph: str, gpu_arch: str, trt_version: str) -> dict:
 
 
 def open_trt_backends(bundle, device: str = "cuda"):
-    """(TrtGPTBackend, TrtAudioBackend) from the bundle's engines for this GPU and TensorRT version."""
+    """(TrtGPTBackend, TrtAudioBackend) from the bundle's engines for this GPU and TensorRT version.
+
+    ``device``: ``cuda`` or ``cuda:N`` (the server's ``--device``; ``cpu`` is refused)."""
+    if not device.startswith("cuda"):
+        raise GsvError(f"the trt backend runs on a CUDA device (cuda or cuda:N), not {device!r}")
     trt = _import_trt()
-    dev = torch.device(device if device.startswith("cuda") else "cuda")
+    dev = torch.device(device)
     major, minor = torch.cuda.get_device_capability(dev)
     arch = f"sm{major}{minor}"
     engines = {g: TrtEngine(bundle.path / find_engine(bundle, g, arch, trt.__version__)["file"], dev)

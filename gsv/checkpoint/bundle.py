@@ -311,8 +311,9 @@ def replace_dir(staged: Path, live: Path, old: Path | None = None) -> None:
     """Make the finished directory ``staged`` the directory ``live`` (same filesystem).
 
     A directory cannot be replaced atomically while it exists, so the live one is first renamed to
-    ``old`` (default ``.NAME.old-PID`` beside it) and removed after the swap: at every moment ``live``
-    is either the complete previous directory or the complete new one.
+    ``old`` (default ``.NAME.old-PID`` beside it) and removed after the swap.  Between the two renames
+    ``live`` does not exist, while both complete copies do (``old`` and ``staged``): a process killed
+    there must be recovered from them (the voice store does so at start; see VoiceStore._recover).
     """
     if live.exists():
         old = old or live.with_name(f".{live.name}.old-{os.getpid()}")

@@ -151,6 +151,12 @@ def load_torch_zip(data: bytes) -> Any:
         raise CheckpointError("not a PyTorch zip checkpoint")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
+        for info in archive.infolist():
+            # torch stores entries uncompressed; a compressed one declaring far more bytes than the
+            # whole file would be inflated in memory (a zip bomb)
+            if info.file_size > 4 * len(data) + (1 << 20):
+                raise CheckpointError(f"corrupt checkpoint: {info.filename} would expand to {info.file_size} bytes "
+                                      f"from a {len(data)}-byte file (a zip bomb?)")
         root = _find_root(archive.namelist())
         pkl = archive.read(root + "data.pkl")
         byteorder = "little"
@@ -160,11 +166,29 @@ def load_torch_zip(data: bytes) -> Any:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"corrupt or truncated checkpoint ({e})") from None
+    _check_memo(pkl)
     try:
         return _RestrictedUnpickler(io.BytesIO(pkl), archive, root, byteorder).load()
     except CheckpointError:
         raise
-    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError, RuntimeError,
+            MemoryError) as e:
+        raise CheckpointError(f"corrupt checkpoint: cannot read its pickle ({e})") from None
+
+
+def _check_memo(pkl: bytes) -> None:
+    """Refuse a pickle that would make the unpickler allocate memory for nothing: its memo table is
+    sized by the largest index a PUT opcode names, so one forged index (a damaged or hostile file)
+    would ask for gigabytes.  A real pickle never stores more objects than it has bytes."""
+    import pickletools
+
+    try:
+        for op, arg, _ in pickletools.genops(pkl):
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg) > len(pkl):
+                raise CheckpointError(f"corrupt checkpoint: its pickle names memo slot {arg} in {len(pkl)} bytes")
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pickletools reports damage with assorted exception types
         raise CheckpointError(f"corrupt checkpoint: cannot read its pickle ({e})") from None
 
 

@@ -29,6 +29,7 @@ import torch
 from gsv.checkpoint.torchzip import HParams, hparams_to_plain, load_torch_zip, save_torch_zip
 from gsv.errors import CheckpointError, UnsupportedVersionError
 from gsv.models.config import PRO_VERSIONS, GPTConfig, SoVITSConfig, SVConfig
+from gsv.models.weightnorm import fold, magnitude
 
 log = logging.getLogger(__name__)
 
@@ -211,10 +212,7 @@ def fold_weight_norm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             wv = sd.get(base + "_v")
             if wv is None:
                 raise CheckpointError(f"{base}_g without {base}_v")
-            g = v.float()
-            wv = wv.float()
-            norm = wv.reshape(wv.shape[0], -1).norm(dim=1).view(-1, *([1] * (wv.dim() - 1)))
-            out[base] = g * wv / norm
+            out[base] = fold(v.float(), wv.float())
         else:
             out[k] = v
     return out
@@ -296,8 +294,7 @@ def unfold_weight_norm(sd: dict[str, torch.Tensor], wn_modules: set[str]) -> dic
         if base is not None and base in wn_modules:
             if base + ".bias" in sd:
                 out[base + ".bias"] = sd[base + ".bias"]
-            g = v.reshape(v.shape[0], -1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
-            out[base + ".weight_g"] = g
+            out[base + ".weight_g"] = magnitude(v)
             out[base + ".weight_v"] = v
         elif k.endswith(".bias") and k[: -len(".bias")] in wn_modules:
             continue  # written with its weight

@@ -44,7 +44,8 @@ class GPTConfig:
     bert_dim: int = C.BERT_DIM
     dropout: float = 0.1  # transformer + positional dropout used in training
     max_sec: int = 54  # data.max_sec; upstream's early_stop_num = 50 * max_sec
-    top_k: int = 15  # inference.top_k of the checkpoint config (default sampling)
+    # (sampling is per request: gsv.sampling.SamplingOptions; the checkpoint's inference.top_k is not
+    # an architecture field)
 
     def __post_init__(self):
         if self.eos != self.vocab_size - 1:
@@ -73,14 +74,17 @@ class GPTConfig:
             ffn_dim=4 * hidden,
             bert_dim=int(m.get("bert_dim", C.BERT_DIM)),  # not an upstream key (always 1024 there)
             max_sec=int(config.get("data", {}).get("max_sec", 54)),
-            top_k=int(config.get("inference", {}).get("top_k", 15)),
         )
 
-    def to_upstream(self) -> dict[str, Any]:
-        """The ``config`` dict upstream's loaders read (s1longer-v2.yaml layout)."""
+    def to_upstream(self, inference: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``config`` dict upstream's loaders read (s1longer-v2.yaml layout).  ``inference`` is the
+        source checkpoint's ``inference`` section when there is one (kept as it was, so a file round-trips);
+        otherwise upstream's own (its default sampling top_k)."""
+        from gsv.sampling import SamplingOptions
+
         return {
             "data": {"max_eval_sample": 8, "max_sec": self.max_sec, "num_workers": 4, "pad_val": self.eos},
-            "inference": {"top_k": self.top_k},
+            "inference": dict(inference) if inference is not None else {"top_k": SamplingOptions().top_k},
             "model": {
                 "EOS": self.eos, "dropout": 0, "embedding_dim": self.embedding_dim, "head": self.n_head,
                 "hidden_dim": self.hidden_dim, "linear_units": self.ffn_dim, "n_layer": self.n_layer,
@@ -94,7 +98,8 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
-        return _from_dict(cls, d)
+        # bundles written before top_k left the architecture carry it: ignore it there
+        return _from_dict(cls, {k: v for k, v in d.items() if k != "top_k"})
 
 
 # SoVITS model versions: v1/v2, and the v2 variants that also condition on a speaker-verification

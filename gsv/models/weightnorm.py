@@ -21,6 +21,16 @@ _G = ".parametrizations.weight.original0"
 _V = ".parametrizations.weight.original1"
 
 
+def magnitude(v: torch.Tensor) -> torch.Tensor:
+    """||v|| over every dim but 0, shaped to broadcast against v: weight norm's ``g`` of a plain weight."""
+    return v.reshape(v.shape[0], -1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+
+
+def fold(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The plain weight of a weight-normed (g, v) pair: ``g * v / ||v||`` (dim 0, as upstream)."""
+    return g * v / magnitude(v)
+
+
 def apply_weight_norm(model: nn.Module, names) -> list[str]:
     """Parametrize ``model.<name>.weight`` for every name in ``names``; returns the names applied."""
     done = []
@@ -47,9 +57,7 @@ def folded_state_dict(model: nn.Module) -> "collections.OrderedDict[str, torch.T
             continue
         if k.endswith(_G):
             base = k[: -len(_G)]
-            g, vv = v, raw[base + _V]
-            norm = vv.reshape(vv.shape[0], -1).norm(dim=1).view(-1, *([1] * (vv.dim() - 1)))
-            out[base + ".weight"] = (g * vv / norm).detach().clone()
+            out[base + ".weight"] = fold(v, raw[base + _V]).detach().clone()
         else:
             out[k] = v.detach().clone()
     return out
@@ -68,8 +76,7 @@ def load_unfolded(model: nn.Module, sd: dict[str, torch.Tensor], strict: bool = 
             mapped[k[: -len(".weight_v")] + _V] = v
         elif k.endswith(".weight") and k[: -len(".weight")] in params:
             base = k[: -len(".weight")]
-            norm = v.reshape(v.shape[0], -1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
-            mapped[base + _G] = norm
+            mapped[base + _G] = magnitude(v)
             mapped[base + _V] = v
         else:
             mapped[k] = v

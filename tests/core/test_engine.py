@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gsv.backends.torch_backend import TorchAudioBackend, TorchGPTBackend
-from gsv.engine import Engine
+from gsv.engine import Engine, EngineObserver
 from gsv.sampling import SamplingOptions
 from gsv.session import Session, SynthesisOptions, TextSegment
 from gsv.streaming import ChunkPolicy
@@ -143,18 +143,11 @@ def test_open_input_segments_arrive_later(backends):
     assert out[-1].final
 
 
-class _Recorder:
+class _Recorder(EngineObserver):
     """Observer recording prefill and decoder batch sizes."""
 
     def __init__(self):
         self.prefills, self.decodes = [], []
-
-    def on_admitted(self, *a): ...
-    def on_started(self, *a): ...
-    def on_ar_step(self, *a): ...
-    def on_tokens(self, *a): ...
-    def on_chunk(self, *a): ...
-    def on_finished(self, *a): ...
 
     def on_prefill(self, rows, seconds):
         self.prefills.append(rows)

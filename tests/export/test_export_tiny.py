@@ -121,7 +121,7 @@ def test_onnx_audio_backend_matches_torch(backends, speed):
     phones = torch.randint(0, 732, (n, 12), generator=g)
     phone_lens = torch.tensor([12, 7][:n])
     ge = torch.randn(n, cfg.gin_channels, 1, generator=g)
-    from gsv.backends.onnx_backend import latent_frames
+    from gsv.models.sovits.model import latent_frames
 
     noise = 0.5 * torch.randn(n, cfg.inter_channels, latent_frames(23, speed), generator=g)
     ref = be["torch"][1].decode_audio(codes, code_lens, phones, phone_lens, ge, noise, speed)

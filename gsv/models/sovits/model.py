@@ -16,10 +16,12 @@ speaker-verification embedding of the same reference (gin 1024), and the text en
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gsv import constants as C
 from gsv.models.config import SoVITSConfig
 from gsv.models.sovits.attentions import Encoder, MultiHeadAttention
 from gsv.models.sovits.flow import PosteriorEncoder, ResidualCouplingBlock, sequence_mask
@@ -28,14 +30,30 @@ from gsv.models.sovits.reference import MelStyleEncoder
 from gsv.models.sovits.vocoder import Generator
 
 
-def speed_frames(y: torch.Tensor, speed: float | torch.Tensor):
-    """Latent frames after a speed change of y [B, C, T]: upstream's ``int(T / speed) + 1``, T at speed 1.
+def resized_frames(frames: int, speed: float) -> int:
+    """Latent frames after a speed change: upstream's ``int(T / speed) + 1`` (T at speed 1 unchanged).
 
-    A Python ``speed`` gives an int (double maths, as upstream); a 0-d tensor gives a 0-d int64 tensor
-    computed in float32 inside the graph, so the length follows the speed input of an exported graph.
+    The one definition every caller uses (the engine sizing noise, every backend).  Computed in
+    float32, as the exported graphs compute it from their float32 speed input, so all backends agree
+    on the length (double maths differs by one frame for some speeds)."""
+    if speed == 1:
+        return frames
+    return int(np.float32(frames) / np.float32(speed)) + 1
+
+
+def latent_frames(tokens: int, speed: float) -> int:
+    """Frames of z for ``tokens`` semantic codes (two 50 Hz frames per 25 Hz token) at ``speed``."""
+    return resized_frames(C.FRAMES_PER_TOKEN * tokens, speed)
+
+
+def speed_frames(y: torch.Tensor, speed: float | torch.Tensor):
+    """Latent frames after a speed change of y [B, C, T] (:func:`resized_frames`).
+
+    A Python ``speed`` gives an int; a 0-d tensor gives a 0-d int64 tensor computed inside the graph
+    (same float32 maths), so the length follows the speed input of an exported graph.
     """
     if not isinstance(speed, torch.Tensor):
-        return y.shape[-1] if speed == 1 else int(y.shape[-1] / speed) + 1
+        return resized_frames(y.shape[-1], speed)
     t = torch._shape_as_tensor(y)[2]  # a traced shape value, not a constant, under ONNX export
     resized = torch.floor(t.to(torch.float32) / speed).to(torch.int64) + 1
     return torch.where(speed == 1, t, resized)

@@ -1,0 +1,186 @@
+"""Protobuf <-> core conversion (``from_pb`` / ``to_pb``): the only module that knows both.
+
+Request fields are checked here before anything else sees them: enum values, option ranges (by
+the core dataclasses' own validation), and the length of every free-text field, so an oversized
+value is refused early and never echoed whole.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+from gsv import __version__
+from gsv import constants as C
+from gsv.errors import OptionError
+from gsv.sampling import SamplingOptions
+from gsv.session import Session, SynthesisOptions
+from gsv.voice import validate_voice_id
+from protos.tts.v1 import tts_pb2 as pb
+from server.audio_format import SAMPLE_RATES, OutputConverter
+from server.errors import Code, RequestError, shown
+
+LATENCY = {pb.LATENCY_MODE_UNSPECIFIED: "balanced", pb.BALANCED: "balanced", pb.LOWEST_LATENCY: "lowest",
+           pb.HIGHEST_QUALITY: "quality"}
+SPLITS = {pb.TEXT_SPLIT_UNSPECIFIED: "cut5", pb.CUT0: "cut0", pb.CUT1: "cut1", pb.CUT2: "cut2", pb.CUT3: "cut3",
+          pb.CUT4: "cut4", pb.CUT5: "cut5"}
+ENCODINGS = {pb.AUDIO_ENCODING_UNSPECIFIED: "pcm_s16le", pb.PCM_S16LE: "pcm_s16le", pb.PCM_F32LE: "pcm_f32le",
+             pb.WAV: "wav"}
+ENCODING_PB = {"pcm_s16le": pb.PCM_S16LE, "pcm_f32le": pb.PCM_F32LE, "wav": pb.WAV}
+FINISH = {"completed": pb.COMPLETED, "max_audio": pb.MAX_AUDIO_LENGTH}
+SAMPLING_FIELDS = ("top_k", "top_p", "temperature", "repetition_penalty", "seed")
+
+# Longest accepted value of each free-text field (characters).  Voice ids are checked by their own
+# pattern (at most 64 characters).
+MAX_LANGUAGE_CHARS = 16
+MAX_REQUEST_ID_CHARS = 128
+MAX_DISPLAY_NAME_CHARS = 256
+MAX_REFERENCE_TEXT_CHARS = 1000
+MAX_CONSENT_CHARS = 4000
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+PAGE_TOKEN = re.compile(r"0|[1-9][0-9]{0,8}")  # an offset, as ListVoices hands it out
+
+
+def check_length(name: str, value: str, limit: int) -> str:
+    if len(value) > limit:
+        raise RequestError(Code.INVALID_ARGUMENT, f"{name} is {len(value)} characters long; the limit is {limit}")
+    return value
+
+
+def voice_id_of(value: str, name: str = "voice_id") -> str:
+    """A well-formed voice id (INVALID_ARGUMENT otherwise: such an id can never exist)."""
+    if not value:
+        raise RequestError(Code.INVALID_ARGUMENT, f"{name} is required")
+    validate_voice_id(value)  # a VoiceError (INVALID_ARGUMENT) that shows only a preview of the value
+    return value
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """A validated synthesis config, before its voice is resolved."""
+
+    request_id: str
+    voice_id: str
+    language: str  # "" = the voice's language
+    split: str
+    options: SynthesisOptions
+    encoding: str
+    sample_rate: int
+
+    @property
+    def seed(self) -> int:
+        return self.options.sampling.seed
+
+    def converter(self) -> OutputConverter:
+        return OutputConverter(self.encoding, self.sample_rate)
+
+    def format_pb(self) -> pb.AudioFormat:
+        return pb.AudioFormat(encoding=ENCODING_PB[self.encoding], sample_rate_hz=self.sample_rate or C.SAMPLE_RATE)
+
+
+def sampling_from_pb(sp: pb.SamplingParams) -> SamplingOptions:
+    """Given fields over the defaults of :class:`SamplingOptions` (defined there once); the seed resolved."""
+    given = {name: getattr(sp, name) for name in SAMPLING_FIELDS if sp.HasField(name)}
+    sampling = dataclasses.replace(SamplingOptions(), **given)
+    return dataclasses.replace(sampling, seed=sampling.resolved_seed())
+
+
+def synthesis_from_pb(config: pb.SynthesisConfig, max_audio_seconds: float, streaming: bool) -> SynthesisRequest:
+    voice_id = voice_id_of(config.voice_id, "config.voice_id")
+    check_length("config.language", config.language, MAX_LANGUAGE_CHARS)
+    check_length("config.request_id", config.request_id, MAX_REQUEST_ID_CHARS)
+    for value, table, name in ((config.latency_mode, LATENCY, "latency_mode"), (config.text_split, SPLITS, "text_split"),
+                               (config.output.encoding, ENCODINGS, "output.encoding")):
+        if value not in table:
+            raise RequestError(Code.INVALID_ARGUMENT, f"unknown {name} value {value}")
+    encoding = ENCODINGS[config.output.encoding]
+    if streaming and encoding == "wav":
+        raise RequestError(Code.INVALID_ARGUMENT, "WAV is only available from Synthesize; stream PCM")
+    if config.output.sample_rate_hz not in (0, *SAMPLE_RATES):
+        raise RequestError(Code.INVALID_ARGUMENT, f"sample_rate_hz {config.output.sample_rate_hz} not supported "
+                                                  f"(choose 0 or one of {list(SAMPLE_RATES)})")
+    max_audio = config.max_audio_seconds if config.HasField("max_audio_seconds") else max_audio_seconds
+    if max_audio > max_audio_seconds:
+        raise OptionError(f"max_audio_seconds is limited to {max_audio_seconds:g}")
+    options = SynthesisOptions(sampling=sampling_from_pb(config.sampling), max_audio_seconds=max_audio,
+                               streaming=streaming, latency_mode=LATENCY[config.latency_mode],
+                               **({"speed": config.speed} if config.HasField("speed") else {}))
+    return SynthesisRequest(config.request_id or uuid.uuid4().hex, voice_id, config.language,
+                            SPLITS[config.text_split], options, encoding, config.output.sample_rate_hz)
+
+
+def check_text(text: str, max_chars: int) -> str:
+    if not text or not text.strip():
+        raise RequestError(Code.INVALID_ARGUMENT, "text is empty")
+    if len(text) > max_chars:
+        raise RequestError(Code.INVALID_ARGUMENT, f"text has {len(text)} characters; the limit is {max_chars}")
+    return text
+
+
+# ------------------------------------------------------------------------------------------ responses
+def stream_start_pb(r: SynthesisRequest, voice, model_id: str) -> pb.SynthesizeStreamResponse:
+    return pb.SynthesizeStreamResponse(start=pb.StreamStart(
+        request_id=r.request_id, format=r.format_pb(), seed=r.seed, voice_id=voice.voice_id,
+        voice_version=int(getattr(voice, "version", 1)), model_id=model_id))
+
+
+def summary_pb(session: Session, t0: float, frontend_s: float, audio_seconds: float) -> pb.SynthesisSummary:
+    now = time.monotonic()
+    timings = pb.Timings(
+        queue_ms=1000 * ((session.t_started or now) - (session.t_admitted or now)),
+        frontend_ms=1000 * frontend_s,
+        first_audio_ms=1000 * ((session.t_first_audio or now) - t0),
+        total_ms=1000 * (now - t0),
+    )
+    rtf = (now - t0) / audio_seconds if audio_seconds > 0 else 0.0
+    return pb.SynthesisSummary(finish_reason=FINISH.get(session.finish_reason, pb.COMPLETED),
+                               audio_seconds=audio_seconds, semantic_tokens=session.total_tokens, timings=timings,
+                               real_time_factor=rtf, chunks=session.sequence)
+
+
+def voice_pb(meta: dict) -> pb.Voice:
+    """A stored voice's metadata (``voice.json``) as a Voice message."""
+    return pb.Voice(voice_id=meta["voice_id"], display_name=meta.get("display_name", ""),
+                    language=meta.get("language", ""), reference_text=meta.get("ref_text", ""),
+                    native_sample_rate_hz=C.SAMPLE_RATE, model_id=meta.get("bundle_id", ""),
+                    version=int(meta.get("version", 1)), create_time_unix=int(meta.get("created", 0)),
+                    reference_free=bool(meta.get("reference_free", False)),
+                    consent_statement=meta.get("consent", ""))
+
+
+def page_bounds(page_size: int, page_token: str) -> tuple[int, int]:
+    """(start, size) of a ListVoices page; INVALID_ARGUMENT for a negative size or a malformed token."""
+    if not 0 <= page_size <= MAX_PAGE_SIZE:
+        raise RequestError(Code.INVALID_ARGUMENT, f"page_size must be in [0, {MAX_PAGE_SIZE}]")
+    start = 0
+    if page_token:
+        if not PAGE_TOKEN.fullmatch(page_token):
+            raise RequestError(Code.INVALID_ARGUMENT, f"invalid page_token {shown(page_token)}")
+        start = int(page_token)
+    return start, page_size or DEFAULT_PAGE_SIZE
+
+
+def voice_page_pb(metas: list[dict], start: int, size: int) -> pb.ListVoicesResponse:
+    page = metas[start : start + size]
+    nxt = str(start + size) if start + size < len(metas) else ""
+    return pb.ListVoicesResponse(voices=[voice_pb(m) for m in page], next_page_token=nxt)
+
+
+def server_config_pb(state) -> pb.ServerConfig:
+    cfg = state.config
+    limits = pb.Limits(max_text_chars=cfg.max_text_chars, max_live_requests=cfg.max_live,
+                       max_queued_requests=cfg.max_queue, max_audio_seconds=cfg.max_audio_seconds,
+                       reference_seconds_min=C.REF_MIN_SECONDS, reference_seconds_max=C.REF_MAX_SECONDS,
+                       max_reference_bytes=cfg.max_reference_bytes)
+    model = pb.ModelInfo(model_id=state.model_id, version=state.bundle.model_version, backend=state.backend_name,
+                         precision=state.precision, native_sample_rate_hz=C.SAMPLE_RATE)
+    d = SamplingOptions()
+    return pb.ServerConfig(models=[model], encodings=[pb.PCM_S16LE, pb.PCM_F32LE, pb.WAV],
+                           sample_rates_hz=list(SAMPLE_RATES), languages=list(state.text.languages),
+                           text_splits=sorted(set(SPLITS.values())), limits=limits,
+                           default_sampling=pb.SamplingParams(temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
+                                                              repetition_penalty=d.repetition_penalty),
+                           server_version=__version__)
