@@ -5,10 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 SYS_STAMP := $(VENV)/.sysdeps-stamp
 PYTEST_ARGS ?=
+# the pretrained speaker encoder (weights inside the package); its dependencies come with .[quality]
+RESEMBLYZER := resemblyzer==0.1.4
 # model version of the demo's tiny base: v2, v2Pro or v2ProPlus (GSV_DEMO_VERSION=v2ProPlus make demo)
 GSV_DEMO_VERSION ?= v2
 
-.PHONY: setup sysdeps test test-fast demo protos clean cpp-client gpu-check
+.PHONY: setup sysdeps test test-fast demo demo-quality protos clean cpp-client gpu-check
 
 setup: $(STAMP) $(SYS_STAMP)
 
@@ -16,6 +18,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(RESEMBLYZER)
 	@touch $(STAMP)
 
 # System packages some commands need (espeak-ng speaks the synthetic training/demo data).
@@ -35,6 +38,12 @@ test-fast: setup
 
 demo: setup
 	$(PY) scripts/demo.py --out out --version $(GSV_DEMO_VERSION)
+
+# The long variant (<= 60 minutes on 2 cores): SoVITS trains until the speaker similarity stops
+# improving; the similarity-vs-minutes curve goes to benchmarks/results/.
+QUALITY_CURVE ?= benchmarks/results/demo-quality-$(shell date +%Y-%m-%d).json
+demo-quality: setup
+	$(PY) scripts/demo.py --out out/demo-quality --version $(GSV_DEMO_VERSION) --minutes 45 --curve $(QUALITY_CURVE)
 
 # The GPU measurement (needs a CUDA machine; exits 2 at once without one):
 #   make gpu-check BUNDLE=bundles/v2 OUT=gpu-results

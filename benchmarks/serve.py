@@ -269,14 +269,16 @@ def run(args) -> int:
     return 0
 
 
-def plot(report: dict, path: str) -> None:
+def plot(report: dict, path: str, extra_panels=()) -> None:
+    """The three serving panels; ``extra_panels``: callables ``draw(ax)`` appended on the right
+    (the demo adds its voice-quality panel)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     series = [("A", report["A"]["levels"]), ("B", report["B"]["levels"])] if "A" in report else [("server", report["levels"])]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 3 + len(extra_panels), figsize=(14 + 4.7 * len(extra_panels), 4))
     for label, levels in series:
         c = [lv["concurrency"] for lv in levels]
         axes[0].plot(c, [lv["ttfa_ms_p50"] or 0 for lv in levels], "o-", label=f"{label} p50")
@@ -288,9 +290,11 @@ def plot(report: dict, path: str) -> None:
     axes[0].set(title="time to first audio", xlabel="concurrent streams", ylabel="ms")
     axes[1].set(title="throughput", xlabel="concurrent streams", ylabel="audio seconds / wall second")
     axes[2].set(title="underruns", xlabel="concurrent streams", ylabel="count")
-    for ax in axes:
+    for ax in axes[:3]:
         ax.grid(alpha=0.3)
         ax.legend()
+    for ax, draw in zip(axes[3:], extra_panels):
+        draw(ax)
     fig.suptitle(f"gsv serve benchmark — {report['machine']['processor']}, {report['machine']['cpus']} cores")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -149,3 +149,31 @@ class SegmentAssembler:
             self.tail = seg[seg.size - hold :].copy()
         self.emitted = window.end
         return np.concatenate(out).astype(np.float32) if out else np.zeros(0, dtype=np.float32)
+
+
+def streaming_quality(whole: np.ndarray, streamed: np.ndarray, joins: list[int], sr: int = C.SAMPLE_RATE,
+                      join_span: int = C.SAMPLES_PER_TOKEN) -> dict[str, float | int]:
+    """How close streamed audio is to a whole-utterance decode of the same tokens and noise.
+
+    ``joins``: sample offsets where chunks meet.  Returns the SNR of the streamed audio against the whole
+    decode (dB), the lowest SNR within ``join_span`` samples either side of a join (a misplaced or badly
+    cross-faded join shows here first) and the log-mel distance (gsv.audio.log_mel_distance).
+    """
+    import torch
+
+    from gsv.audio import log_mel_distance
+
+    if whole.shape != streamed.shape:
+        raise ValueError(f"streamed audio has {streamed.size} samples, the whole decode {whole.size}")
+
+    def snr(ref: np.ndarray, err: np.ndarray) -> float:
+        e = float(np.sum(np.square(err, dtype=np.float64)))
+        return float("inf") if e == 0 else 10 * np.log10(max(float(np.sum(np.square(ref, dtype=np.float64))), 1e-30) / e)
+
+    err = streamed - whole
+    inner = [j for j in joins if 0 < j < whole.size]
+    join_snr = [snr(whole[max(0, j - join_span): j + join_span], err[max(0, j - join_span): j + join_span])
+                for j in inner]
+    return {"snr_db": snr(whole, err), "join_snr_db_min": min(join_snr) if join_snr else float("inf"),
+            "joins": len(inner),
+            "log_mel_l1": log_mel_distance(torch.from_numpy(whole).unsqueeze(0), torch.from_numpy(streamed).unsqueeze(0))}

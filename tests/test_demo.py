@@ -19,7 +19,8 @@ def test_demo_end_to_end(tmp_path, version):
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (make setup installs it)")
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), "--out", str(tmp_path), "--steps", "10",
-                        "--bench-requests", "2", "--pretrained", str(tmp_path / "no-pretrained"), "--version", version],
+                        "--bench-requests", "2", "--sentences", "12", "--pretrained", str(tmp_path / "no-pretrained"),
+                        "--version", version],
                        capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
@@ -30,3 +31,16 @@ def test_demo_end_to_end(tmp_path, version):
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert [lv["concurrency"] for lv in bench["levels"]] == [1, 2, 4] and all(not lv["errors"] for lv in bench["levels"])
     assert (tmp_path / "bench.png").stat().st_size > 1000
+    # voice quality: measured by the pretrained speaker encoder, with its reference points (no threshold
+    # here: 10 training steps give no voice; the goals are reported in quality.json["met"])
+    q = json.loads((tmp_path / "quality.json").read_text())
+    assert q["encoder"] == "resemblyzer-ge2e" and summary["quality_json"] == str(tmp_path / "quality.json")
+    for key in ("trained", "demo_wav", "untrained_base"):
+        assert -1.0 <= q[key]["speaker_similarity"] <= 1.0, key
+    assert 0.0 < q["floor"] < q["ceiling"] <= 1.0 and q["reference"]["ceiling_method"] == "held-out"
+    assert len(q["trained"]["sentences"]) == 4 and abs(q["int8_vs_fp32"]) <= 2 and abs(q["stream_vs_whole"]) <= 2
+    assert set(q["met"]) == {"trained_min", "above_untrained_base", "int8_vs_fp32", "stream_vs_whole"}
+    assert q["training"]["gpt_steps"] == 10 and q["training"]["sovits_steps"] == 10
+    import matplotlib.image
+
+    assert matplotlib.image.imread(str(tmp_path / "bench.png")).shape[1] > 1800  # 3 serving panels + the voice

@@ -24,11 +24,16 @@ def _common_train_args(p: argparse.ArgumentParser, epochs_default: int) -> None:
     p.add_argument("--exp", required=True, help="prepared experiment folder")
     p.add_argument("--epochs", type=int, default=epochs_default, help="epochs in total (also across resumes)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total")
+    p.add_argument("--max-minutes", type=float, help="stop after this many minutes of training (this invocation)")
     p.add_argument("--base", help="base bundle (default: the one the experiment was prepared with)")
     p.add_argument("--batch-size", type=int, help="items per batch (per process)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of items held out for validation (0: none)")
     p.add_argument("--patience", type=int, default=5, help="validations without improvement before stopping (0: never)")
+    p.add_argument("--early-stop-on", choices=("loss", "similarity"), default="loss",
+                   help="what picks the best weights and stops early: the validation loss or val/speaker_similarity")
+    p.add_argument("--min-epoch-items", type=int, default=100,
+                   help="repeat a smaller dataset to this many items per epoch (validation runs once per epoch)")
     p.add_argument("--save-every-steps", type=int, default=0, help="also save the resumable state every N steps")
     p.add_argument("--save-every-epoch", type=int, default=0, help="also write upstream-named weights every N epochs")
     p.add_argument("--log-every", type=int, default=10, help="steps between logged training scalars")
@@ -37,20 +42,26 @@ def _common_train_args(p: argparse.ArgumentParser, epochs_default: int) -> None:
     p.add_argument("--no-fp16", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--no-synth", action="store_true", help="no validation synthesis / speaker similarity")
-    p.add_argument("--synth-text", default="This is a short test of the new voice.")
+    p.add_argument("--synth-text", action="append",
+                   help="validation sentence (repeat for several; default: 'This is a short test of the new voice.')")
     p.add_argument("--synth-lang", default="en")
     p.add_argument("--synth-max-tokens", type=int, default=250)
-    p.add_argument("--speaker-model", help="local speechbrain ECAPA folder (default: a random one)")
+    p.add_argument("--speaker-model", help="local speechbrain spkrec-ecapa-voxceleb folder for val/speaker_similarity "
+                   "(default: Resemblyzer's pretrained GE2E)")
     p.add_argument("--name", default="", help="prefix of the upstream-named weight files (default: EXP's name)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
 
 
 def _common_cfg(args) -> dict:
-    kw = dict(epochs=args.epochs, max_steps=args.max_steps, seed=args.seed, val_fraction=args.val_fraction,
-              patience=args.patience, save_every_steps=args.save_every_steps, save_every_epoch=args.save_every_epoch,
-              log_every=args.log_every, resume=not args.restart, device=args.device, fp16=not args.no_fp16,
-              num_workers=args.num_workers, synth=not args.no_synth, synth_text=args.synth_text,
-              synth_lang=args.synth_lang, synth_max_tokens=args.synth_max_tokens, speaker_model=args.speaker_model,
+    from trainer.config import CommonTrainConfig
+
+    kw = dict(epochs=args.epochs, max_steps=args.max_steps, max_minutes=args.max_minutes, seed=args.seed,
+              val_fraction=args.val_fraction, patience=args.patience, early_stop_on=args.early_stop_on,
+              min_epoch_items=args.min_epoch_items, save_every_steps=args.save_every_steps,
+              save_every_epoch=args.save_every_epoch, log_every=args.log_every, resume=not args.restart,
+              device=args.device, fp16=not args.no_fp16, num_workers=args.num_workers, synth=not args.no_synth,
+              synth_text=args.synth_text or CommonTrainConfig.synth_text, synth_lang=args.synth_lang,
+              synth_max_tokens=args.synth_max_tokens, speaker_model=args.speaker_model,
               name=args.name, threads=args.threads)
     if args.batch_size:
         kw["batch_size"] = args.batch_size
@@ -65,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synthetic", help="speak a small English dataset with espeak-ng", formatter_class=fmt)
     p.add_argument("--out", required=True)
-    p.add_argument("--count", type=int, default=16)
+    p.add_argument("--count", type=int, default=16, help="training sentences")
+    p.add_argument("--heldout", type=int, default=0, help="held-out sentences (OUT/heldout.list, OUT/heldout.txt)")
     p.add_argument("--voice", default="en-us")
     p.set_defaults(func=cmd_synthetic)
 
@@ -100,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-d", help="upstream discriminator (s2D*.pth) to start from")
     p.add_argument("--disc-divisor", type=int, help="divide the discriminator's channels (default: base hint or 1)")
     p.add_argument("--segment-frames", type=int, help="random slice length in 50 Hz frames (default 32)")
+    p.add_argument("--warmup-steps", type=int, default=0,
+                   help="first steps without the discriminator, mel + KL losses only (bases trained from scratch)")
     p.set_defaults(func=cmd_sovits)
 
     p = sub.add_parser("gpt", help="fine-tune the GPT", formatter_class=fmt)
@@ -123,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_synthetic(args) -> int:
     from trainer.synthetic import make_dataset
 
-    path = make_dataset(args.out, args.count, args.voice)
-    print(f"wrote {args.count} utterances and {path}")
+    path = make_dataset(args.out, args.count, args.voice, heldout=args.heldout)
+    print(f"wrote {args.count} utterances and {path}" + (f" ({args.heldout} held out)" if args.heldout else ""))
     return 0
 
 
@@ -155,6 +169,7 @@ def cmd_sovits(args) -> int:
     kw = _common_cfg(args)
     cfg = SoVITSTrainConfig(**kw, learning_rate=args.lr, text_low_lr_rate=args.text_low_lr_rate,
                             base_discriminator=args.base_d, segment_frames=args.segment_frames,
+                            warmup_steps=args.warmup_steps,
                             discriminator=DiscriminatorConfig(channel_divisor=args.disc_divisor or 1))
     r = train("sovits", args.exp, cfg, args.base)
     _report(r)
@@ -181,7 +196,7 @@ def _report(r) -> None:
         return
     p = r.progress
     best = "n/a" if p.best == float("inf") else f"{p.best:.4g} (epoch {p.best_epoch})"
-    print(f"done: {p.global_step} steps, next epoch {p.epoch}, best validation {best}"
+    print(f"done: {p.global_step} steps, next epoch {p.epoch}, best {p.metric} {best}"
           + (", stopped early" if r.stopped_early else ""))
 
 

@@ -42,10 +42,12 @@ class CommonTrainConfig:
 
     epochs: int = 8
     max_steps: int | None = None  # stop after this many optimizer steps in total (also across resumes)
+    max_minutes: float | None = None  # stop after this many minutes of training in this invocation
     batch_size: int = 8
     seed: int = 1234  # upstream train.seed
     val_fraction: float = 0.1  # share of items (by a stable hash of the name) held out; 0 = none
     patience: int = 5  # early stopping: validations without improvement before stopping; 0 = off
+    early_stop_on: str = "loss"  # loss: the stage's val/loss (lower is better) | similarity: val/speaker_similarity
     save_every_steps: int = 0  # also write the resumable state every N steps (0 = at epoch ends only)
     save_every_epoch: int = 0  # also write upstream-named release files every N epochs (0 = only best/last)
     log_every: int = 10  # steps between TensorBoard/console training scalars
@@ -56,10 +58,10 @@ class CommonTrainConfig:
     min_epoch_items: int = 100  # upstream replicates datasets smaller than this many items per epoch
     # validation synthesis: a fixed sentence spoken with a held-out (or training) reference
     synth: bool = True
-    synth_text: str = "This is a short test of the new voice."
+    synth_text: str | list[str] = "This is a short test of the new voice."  # or several (similarity: their mean)
     synth_lang: str = "en"
     synth_max_tokens: int = 250  # 10 s at 25 tokens/s
-    speaker_model: str | None = None  # local speechbrain ECAPA folder; None = randomly initialised
+    speaker_model: str | None = None  # local speechbrain spkrec-ecapa-voxceleb folder; None = Resemblyzer's GE2E
     name: str = ""  # release file name prefix (default: the EXP folder name)
     threads: int | None = None  # torch CPU threads (None: the base's hint, e.g. 1 for tiny models, else torch's default)
 
@@ -77,6 +79,9 @@ class SoVITSTrainConfig(CommonTrainConfig):
     c_mel: float = 45.0
     c_kl: float = 1.0
     segment_frames: int | None = None  # random slice length in latent frames (None: architecture's 32)
+    # not upstream: the first N steps train the generator on mel + KL only, without the discriminator, for
+    # bases trained from scratch, whose decoder cannot make speech yet (upstream's pretrained one can)
+    warmup_steps: int = 0
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     base_discriminator: str | None = None  # upstream s2D*.pth to start the discriminator from
 

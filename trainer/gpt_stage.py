@@ -14,7 +14,6 @@ import logging
 
 import torch
 
-from gsv import constants as C
 from trainer import losses
 from trainer.loop import Progress, Stage
 from trainer.optim import ScaledAdam, gpt_lr
@@ -156,9 +155,9 @@ class GPTStage(Stage):
 
         if self._synth is None:
             return {}
-        audio, sim = self._synth.run(self.inference_model(), load_stage_sovits(self.exp, self.base))
+        audio, metrics = self._synth.run(self.inference_model(), load_stage_sovits(self.exp, self.base))
         log_sample(writer, self.exp.logs_dir(self.name) / "samples", "gpt", audio, progress.global_step)
-        return {"val/speaker_similarity": sim, "val/synth_seconds": audio.size / C.SAMPLE_RATE}
+        return metrics
 
     def attach_synth(self, synth) -> None:
         self._synth = synth

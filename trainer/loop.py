@@ -23,6 +23,10 @@ from trainer.ddp import DistEnv
 
 log = logging.getLogger(__name__)
 
+SIMILARITY_METRIC = "val/speaker_similarity"  # what ``early_stop_on="similarity"`` selects (higher is better)
+EARLY_STOP_ON = ("loss", "similarity")
+_clock = time.monotonic  # the --max-minutes clock (tests replace it)
+
 
 @dataclass
 class Progress:
@@ -34,6 +38,7 @@ class Progress:
     bad_validations: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per validation
     early_stopped: bool = False  # a resume of an early-stopped run does nothing (use --restart)
+    metric: str = "val/loss"  # the record key `best` refers to
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -45,6 +50,17 @@ class Progress:
         d = dict(d)
         d["best"] = math.inf if d.get("best") is None else float(d["best"])
         return cls(**d)
+
+
+def early_stop_metric(stage: "Stage", cfg) -> tuple[str, bool]:
+    """(record key, higher is better) that picks the best weights and drives early stopping."""
+    if cfg.early_stop_on == "similarity":
+        return SIMILARITY_METRIC, True
+    if cfg.early_stop_on == "loss":
+        return stage.metric, False
+    from gsv.errors import GsvError
+
+    raise GsvError(f"early_stop_on must be one of {', '.join(EARLY_STOP_ON)}, not {cfg.early_stop_on!r}")
 
 
 class Stage:
@@ -102,12 +118,24 @@ def run(stage: Stage, cfg, exp: Experiment, dist: DistEnv, val_items: list) -> R
         log.info("resuming %s at epoch %d, step %d", stage.name, progress.epoch, progress.global_step)
     else:
         torch.manual_seed(cfg.seed + dist.rank)
+    metric, _ = early_stop_metric(stage, cfg)
+    if progress.metric != metric:  # (resumed with another --early-stop-on: the old best is not comparable)
+        if progress.global_step:
+            log.info("%s: best weights are now chosen by %s (was %s)", stage.name, metric, progress.metric)
+        progress.metric, progress.best, progress.best_epoch, progress.bad_validations = metric, math.inf, 0, 0
     sampler = BucketBatchSampler(stage.dataset.lengths(), cfg.batch_size, cfg.seed, dist.rank, dist.world_size)
     writer = _writer(exp.logs_dir(stage.name)) if dist.is_main else None
+    if writer is not None and cfg.synth:
+        from trainer.validate import SIMILARITY_TAGS
+
+        # one TensorBoard chart with the similarity between its floor (noise) and ceiling (real speech)
+        writer.add_custom_scalars({"speaker similarity": {"similarity vs ceiling and floor": ["Multiline",
+                                                                                            list(SIMILARITY_TAGS)]}})
     val_batches = _val_batches(stage, val_items, cfg.batch_size) if dist.is_main else []
     stopped_early = False
     train_log: list[dict[str, float]] = []
     stop = progress.early_stopped
+    deadline = _clock() + 60 * cfg.max_minutes if cfg.max_minutes else None
     if stop:
         log.info("%s stopped early before (epoch %d); nothing to do", stage.name, progress.best_epoch)
     try:
@@ -121,6 +149,10 @@ def run(stage: Stage, cfg, exp: Experiment, dist: DistEnv, val_items: list) -> R
             batch_iter = _batches(stage, [b for g in groups[progress.step_in_epoch :] for b in g], cfg.num_workers)
             for gi in range(progress.step_in_epoch, len(groups)):
                 if cfg.max_steps is not None and progress.global_step >= cfg.max_steps:
+                    stop = True
+                    break
+                if deadline is not None and dist.broadcast_flag(_clock() >= deadline):
+                    log.info("%s: --max-minutes %g reached at step %d", stage.name, cfg.max_minutes, progress.global_step)
                     stop = True
                     break
                 micro = [next(batch_iter) for _ in groups[gi]]
@@ -178,9 +210,10 @@ def _end_of_epoch(stage: Stage, cfg, progress: Progress, dist: DistEnv, writer, 
             for k, v in record.items():
                 if k.startswith("val/"):
                     writer.add_scalar(k, v, progress.global_step)
-        value = record.get(stage.metric)
+        key, higher = early_stop_metric(stage, cfg)
+        value = record.get(key)
         if value is not None and math.isfinite(value):
-            if value < progress.best:
+            if math.isinf(progress.best) or (value > progress.best if higher else value < progress.best):
                 progress.best, progress.best_epoch, progress.bad_validations = float(value), epoch, 0
                 improved = True
             else:
@@ -190,7 +223,7 @@ def _end_of_epoch(stage: Stage, cfg, progress: Progress, dist: DistEnv, writer, 
         log.info("%s epoch %d (step %d): %s", stage.name, epoch, progress.global_step,
                  ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith("val/")))
         if early:
-            log.info("early stopping: no improvement of %s for %d validations", stage.metric, progress.bad_validations)
+            log.info("early stopping: no improvement of %s for %d validations", key, progress.bad_validations)
     early = dist.broadcast_flag(early)
     improved = dist.broadcast_flag(improved)
     if dist.is_main:

@@ -44,7 +44,7 @@ def train(stage: str, exp_path: str | Path, cfg: SoVITSTrainConfig | GPTTrainCon
     """Train ``stage`` ('sovits' or 'gpt') on a prepared experiment; returns the loop's RunResult."""
     from trainer import loop
     from trainer.init_base import train_hints
-    from trainer.validate import ValidationSynth, pick_reference
+    from trainer.validate import ValidationSynth
 
     device = pick_device(cfg.device, local_rank_hint())
     dist = init_distributed(device)
@@ -68,10 +68,10 @@ def train(stage: str, exp_path: str | Path, cfg: SoVITSTrainConfig | GPTTrainCon
             raise GsvError(f"unknown stage {stage!r}")
         if len(st.dataset) == 0:
             raise GsvError(f"no {stage} training items left after filtering ({len(train_items)} before)")
+        if cfg.early_stop_on == "similarity" and not cfg.synth:
+            raise GsvError("early stopping on similarity needs the validation synthesis (drop --no-synth)")
         if cfg.synth and dist.is_main:
-            ref = pick_reference(train_items, val_items)
-            st.attach_synth(ValidationSynth(exp, ref, cfg.synth_text, cfg.synth_lang, bundle.symbol_version,
-                                            cfg.synth_max_tokens, cfg.speaker_model, cfg.seed))
+            st.attach_synth(ValidationSynth.for_run(exp, train_items, val_items, cfg, bundle.symbol_version))
         if not cfg.resume:
             state = exp.stage_dir(stage) / "state-last.pt"
             if state.exists() and dist.is_main:

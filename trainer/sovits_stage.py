@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gsv import constants as C
 from gsv.audio import spec_to_mel, spectrogram
 from gsv.models.sovits.flow import sequence_mask
 from trainer import losses
@@ -175,8 +174,26 @@ class SoVITSStage(Stage):
         y = slice_segments(wav, ids * hop, self.segment_frames * hop)
         return y, y_hat, y_mel, y_hat_mel, (z_p, logs_q, m_p, logs_p, z_mask)
 
+    def warmup_step(self, batch) -> dict[str, float]:
+        """A warm-up step (bases trained from scratch): the generator on the mel + KL losses only,
+        no discriminator (about 60% of a full step's time); a random decoder first has to learn to
+        make speech-like spectra at all, which the adversarial game only slows down."""
+        _, _, y_mel, y_hat_mel, kl_terms = self._forward(batch, self.g_ddp)
+        loss_mel = F.l1_loss(y_mel, y_hat_mel) * self.cfg.c_mel
+        loss_kl = losses.kl_loss(*kl_terms) * self.cfg.c_kl
+        loss_g = loss_mel + loss_kl
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_g).backward()
+        self.scaler.unscale_(self.opt_g)
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        out = {"loss/g/total": loss_g, "loss/g/mel": loss_mel, "loss/g/kl": loss_kl}
+        return {k: v.detach().item() for k, v in out.items()} | {"learning_rate": self.opt_g.param_groups[0]["lr"]}
+
     def train_step(self, micro_batches, step: int) -> dict[str, float]:
         (batch,) = micro_batches
+        if step < self.cfg.warmup_steps:
+            return self.warmup_step(batch)
         y, y_hat, y_mel, y_hat_mel, kl_terms = self._forward(batch, self.g_ddp)
         with self._autocast():
             d_real, d_fake, _, _ = self.d_ddp(y, y_hat.detach())
@@ -242,9 +259,9 @@ class SoVITSStage(Stage):
         if self._synth is None:
             return {}
         gpt = load_stage_gpt(self.exp, self.base)
-        audio, sim = self._synth.run(gpt, self.inference_model())
+        audio, metrics = self._synth.run(gpt, self.inference_model())
         log_sample(writer, self.exp.logs_dir(self.name) / "samples", "sovits", audio, progress.global_step)
-        return {"val/speaker_similarity": sim, "val/synth_seconds": audio.size / C.SAMPLE_RATE}
+        return metrics
 
     def attach_synth(self, synth) -> None:
         self._synth = synth

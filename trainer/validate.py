@@ -1,17 +1,22 @@
-"""Validation synthesis and speaker similarity.
+"""Validation synthesis and speaker similarity with a pretrained speaker encoder.
 
 At every validation the trainer speaks a fixed sentence with the model being trained (and the
 other stage's current best, or the base) through the same :class:`gsv.engine.Engine` the server
-uses, with a reference utterance from the experiment as the voice, and measures the cosine
-similarity of speechbrain ECAPA-TDNN speaker embeddings of the result and of the reference.
+uses, with a reference utterance from the experiment as the voice, and measures
+``val/speaker_similarity``: the cosine between the pretrained speaker encoder's embedding of the
+result and the centroid of the training speaker's utterances (:mod:`gsv.quality`; Resemblyzer's
+GE2E by default, speechbrain ECAPA from a local folder with ``--speaker-model``).
 
-The ECAPA model comes from a local folder (speechbrain's ``spkrec-ecapa-voxceleb`` layout:
-``embedding_model.ckpt``; an optional ``ecapa.json`` overrides the architecture); without one a
-randomly initialised (seeded) ECAPA is used, which still tells a changing voice from a stable one
-but is no absolute measure.
+Two reference points are computed once per run with the same encoder (and cached in
+``EXP/speaker_reference.json``) and logged next to it, so the number can be read in TensorBoard:
+``val/speaker_similarity_ceiling`` (held-out real utterances of the speaker; leave-one-out over
+the training utterances when nothing is held out) and ``val/speaker_similarity_floor`` (noise).
+``val/speaker_similarity_relative`` maps floor..ceiling to 0..1.  Without a pretrained encoder
+no similarity is reported at all (a warning says why); the sample audio is still written.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -25,54 +30,44 @@ from gsv.errors import GsvError
 
 log = logging.getLogger(__name__)
 
-ECAPA_DEFAULT = {"input_size": 80, "channels": [1024, 1024, 1024, 1024, 3072], "kernel_sizes": [5, 3, 3, 3, 1],
-                 "dilations": [1, 2, 3, 4, 1], "attention_channels": 128, "lin_neurons": 192}
-ECAPA_RANDOM = {"input_size": 80, "channels": [128, 128, 128, 128, 384], "lin_neurons": 96}
+REFERENCE_FILE = "speaker_reference.json"
+SAMPLE_GAP_SECONDS = 0.3  # between the sentences of the logged sample
+SIMILARITY_TAGS = ("val/speaker_similarity", "val/speaker_similarity_ceiling", "val/speaker_similarity_floor")
 
 
-class SpeakerSimilarity:
-    """ECAPA-TDNN speaker embeddings of 16 kHz audio; ``similarity(a, sr_a, b, sr_b)`` in [-1, 1]."""
+def _item_audio(exp, item: dict) -> tuple[np.ndarray, int]:
+    from trainer.data import load_tensors
 
-    def __init__(self, model_dir: str | Path | None = None, seed: int = 0):
-        from speechbrain.lobes.features import Fbank
-        from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+    return load_tensors(exp.file(item), ("wav",))["wav"].float().numpy() / 32768.0, C.SAMPLE_RATE
 
-        self.fbank = Fbank(n_mels=80)
-        if model_dir is None:
-            with torch.random.fork_rng(devices=[]):  # a fixed random model without moving the caller's RNG
-                torch.manual_seed(seed)
-                self.model = ECAPA_TDNN(**ECAPA_RANDOM)
-            self.source = "random"
-        else:
-            d = Path(model_dir)
-            ckpt = d / "embedding_model.ckpt"
-            if not ckpt.is_file():
-                raise GsvError(f"speaker model folder {d} has no embedding_model.ckpt (speechbrain ECAPA layout)")
-            arch = dict(ECAPA_DEFAULT)
-            if (d / "ecapa.json").is_file():
-                arch.update(json.loads((d / "ecapa.json").read_text("utf-8")))
-            self.model = ECAPA_TDNN(**arch)
-            try:
-                self.model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-            except (RuntimeError, OSError, ValueError) as e:
-                raise GsvError(f"cannot load the ECAPA model from {ckpt}: {str(e)[:200]}") from None
-            self.source = str(d)
-        self.model.eval()
 
-    @torch.no_grad()
-    def embed(self, samples: np.ndarray, sr: int) -> torch.Tensor:
-        from gsv.audio import resample_soxr
+def speaker_reference(exp, encoder, train_items: list[dict], val_items: list[dict], seed: int = 0):
+    """The training speaker's :class:`gsv.quality.SpeakerReference` (centroid of the training items,
+    ceiling from the validation items, noise floor), cached in the experiment folder."""
+    from gsv.quality import SpeakerReference
+    from trainer.checkpointing import atomic_write
 
-        x = torch.from_numpy(resample_soxr(np.asarray(samples, np.float32), sr, 16000)).unsqueeze(0)
-        feats = self.fbank(x)
-        feats = feats - feats.mean(dim=1, keepdim=True)  # sentence-level mean normalisation, as speechbrain's recipe
-        return self.model(feats)[0, 0]
-
-    def similarity(self, a: np.ndarray, sr_a: int, b: np.ndarray, sr_b: int) -> float:
-        if a.size < sr_a // 10 or b.size < sr_b // 10:
-            return float("nan")
-        ea, eb = self.embed(a, sr_a), self.embed(b, sr_b)
-        return float(torch.nn.functional.cosine_similarity(ea, eb, dim=0))
+    names = json.dumps([encoder.name, seed, sorted(it["name"] for it in train_items),
+                        sorted(it["name"] for it in val_items)])
+    key = hashlib.sha256(names.encode()).hexdigest()
+    cache = Path(exp.path) / REFERENCE_FILE
+    if cache.is_file():
+        try:
+            d = json.loads(cache.read_text("utf-8"))
+            if d.get("key") == key:
+                d.pop("key")
+                d["centroid"] = np.asarray(d["centroid"], np.float32)
+                return SpeakerReference(**d)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            log.warning("ignoring unreadable %s (%s)", cache, e)
+    ref = SpeakerReference.build(encoder, [_item_audio(exp, it) for it in train_items],
+                                 [_item_audio(exp, it) for it in val_items], seed=seed)
+    d = {"key": key, **ref.to_dict(), "centroid": [float(v) for v in ref.centroid],
+         "floor_by_kind": ref.floor_by_kind, "ceiling": ref.ceiling, "floor": ref.floor}
+    atomic_write(cache, lambda p: p.write_text(json.dumps(d), "utf-8"))
+    log.info("speaker reference (%s): ceiling %.3f (%d %s utterances), floor %.3f (noise)", ref.encoder,
+             ref.ceiling, ref.ceiling_utterances, ref.ceiling_method, ref.floor)
+    return ref
 
 
 @dataclass
@@ -84,28 +79,67 @@ class _Voice:
 
 
 class ValidationSynth:
-    """Speaks ``text`` with a reference item of the experiment as the voice."""
+    """Speaks ``text`` (one sentence or a list; each with its own seed) with a reference item of the
+    experiment as the voice; the similarity is the mean over the sentences."""
 
-    def __init__(self, exp, ref_item: dict, text: str, lang: str, version: str, max_tokens: int,
-                 speaker_model: str | None = None, seed: int = 0):
+    def __init__(self, exp, ref_item: dict, text: str | list[str], lang: str, version: str, max_tokens: int,
+                 encoder=None, reference=None, seed: int = 0):
+        """``encoder``/``reference``: a pretrained speaker encoder and the training speaker's
+        :class:`gsv.quality.SpeakerReference` (both None: synthesis without a similarity)."""
         from gsv.text.cleaner import clean_text
         from gsv.text.symbols import cleaned_text_to_sequence
         from trainer.data import load_tensors
 
         self.ref_item = ref_item
-        t = load_tensors(exp.file(ref_item), ("phones", "semantic", "bert", "spec", "wav", "sv"))
-        self.ref = t
-        self.ref_wav = t["wav"].float().numpy() / 32768.0
-        cleaned = clean_text(text, lang, version)
-        self.text = text
-        self.phones = cleaned_text_to_sequence(cleaned.phones, version)
+        self.ref = load_tensors(exp.file(ref_item), ("phones", "semantic", "bert", "spec", "sv"))
+        self.texts = [text] if isinstance(text, str) else list(text)
+        if not self.texts:
+            raise GsvError("no validation sentence")
+        self.phones = [cleaned_text_to_sequence(clean_text(t, lang, version).phones, version) for t in self.texts]
         self.max_tokens = max_tokens
         self.seed = seed
-        self.similarity = SpeakerSimilarity(speaker_model, seed)
+        self.encoder, self.reference = encoder, reference
+
+    @classmethod
+    def for_run(cls, exp, train_items: list[dict], val_items: list[dict], cfg, version: str) -> "ValidationSynth":
+        """The run's validation synthesis: reference utterance, text and the speaker reference of
+        ``cfg.speaker_model`` (Resemblyzer when None)."""
+        from gsv.quality import SpeakerEncoderUnavailable, open_speaker_encoder
+
+        encoder = reference = None
+        try:
+            encoder = open_speaker_encoder(cfg.speaker_model)
+            reference = speaker_reference(exp, encoder, train_items, val_items, cfg.seed)
+        except SpeakerEncoderUnavailable as e:
+            if cfg.speaker_model or getattr(cfg, "early_stop_on", "loss") == "similarity":
+                raise
+            log.warning("no val/speaker_similarity: %s", e)
+        return cls(exp, pick_reference(train_items, val_items), cfg.synth_text, cfg.synth_lang, version,
+                   cfg.synth_max_tokens, encoder, reference, cfg.seed)
+
+    def reference_metrics(self) -> dict[str, float]:
+        """The run's constant reference points (empty without an encoder)."""
+        if self.reference is None:
+            return {}
+        return {"val/speaker_similarity_ceiling": self.reference.ceiling,
+                "val/speaker_similarity_floor": self.reference.floor}
+
+    def measure(self, audios: list[np.ndarray]) -> dict[str, float]:
+        """Validation metrics of the syntheses (one per sentence): length, and the mean similarity
+        with its references."""
+        out = {"val/synth_seconds": sum(a.size for a in audios) / C.SAMPLE_RATE}
+        if self.reference is not None:
+            sims = [self.reference.similarity(self.encoder, a, C.SAMPLE_RATE) for a in audios]
+            sims = [x for x in sims if np.isfinite(x)]
+            sim = float(np.mean(sims)) if sims else float("nan")  # NaN: nothing long enough to embed
+            out.update({"val/speaker_similarity": sim, "val/speaker_similarity_relative": self.reference.relative(sim)})
+            out.update(self.reference_metrics())
+        return out
 
     @torch.no_grad()
-    def run(self, gpt, sovits) -> tuple[np.ndarray, float]:
-        """gpt, sovits: inference models (eval) -> (32 kHz audio, speaker similarity to the reference)."""
+    def run(self, gpt, sovits) -> tuple[np.ndarray, dict[str, float]]:
+        """gpt, sovits: inference models (eval) -> (32 kHz audio of every sentence, 0.3 s apart;
+        validation metrics of :meth:`measure`)."""
         from gsv.backends.torch_backend import TorchAudioBackend, TorchGPTBackend
         from gsv.engine import Engine
         from gsv.sampling import SamplingOptions
@@ -119,18 +153,23 @@ class ValidationSynth:
         sv = self.ref.get("sv")  # Pro experiments: the reference item's speaker-verification embedding
         ge = sovits.speaker_embedding(self.ref["spec"].float().unsqueeze(0), None if sv is None else sv.float().view(1, -1))[0]
         voice = _Voice(ref_phones, ref_bert.float(), self.ref["semantic"].long(), ge)
-        segment = TextSegment(self.text, list(self.phones), torch.zeros(bert_dim, len(self.phones)))
-        opts = SynthesisOptions(sampling=SamplingOptions(seed=self.seed, max_tokens=self.max_tokens), streaming=False)
-        chunks: list = []
-        session = Session("validation", voice, [segment], opts, sink=chunks.append)
         engine = Engine(TorchGPTBackend(gpt), TorchAudioBackend(sovits), max_live=1)
-        engine.submit(session)
-        engine.run(session)
-        if session.finish_reason == "error":
-            raise GsvError(f"validation synthesis failed: {session.error}")
-        audio = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, np.float32)
-        sim = self.similarity.similarity(audio, C.SAMPLE_RATE, self.ref_wav, C.SAMPLE_RATE)
-        return audio.astype(np.float32), sim
+        audios = []
+        for i, (text, phones) in enumerate(zip(self.texts, self.phones)):
+            segment = TextSegment(text, list(phones), torch.zeros(bert_dim, len(phones)))
+            opts = SynthesisOptions(sampling=SamplingOptions(seed=self.seed + i, max_tokens=self.max_tokens),
+                                    streaming=False)
+            chunks: list = []
+            session = Session(f"validation-{i}", voice, [segment], opts, sink=chunks.append)
+            engine.submit(session)
+            engine.run(session)
+            if session.finish_reason == "error":
+                raise GsvError(f"validation synthesis failed: {session.error}")
+            audios.append(np.concatenate([c.samples for c in chunks]).astype(np.float32) if chunks
+                          else np.zeros(0, np.float32))
+        gap = np.zeros(int(SAMPLE_GAP_SECONDS * C.SAMPLE_RATE), np.float32)
+        joined = np.concatenate([x for a in audios for x in (a, gap)][:-1])
+        return joined, self.measure(audios)
 
 
 def pick_reference(train_items: list[dict], val_items: list[dict]) -> dict:

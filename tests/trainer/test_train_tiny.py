@@ -45,6 +45,26 @@ def test_sovits_steps_change_weights_and_write_upstream_files(exp_copy, tiny_bas
     assert all(v.dtype == torch.float16 for v in raw["weight"].values())
 
 
+def test_sovits_warmup_steps_leave_the_discriminator_out(exp_copy, tmp_path):
+    import shutil
+
+    from trainer.checkpointing import load_state
+    from trainer.run import train
+
+    other = tmp_path / "other"
+    shutil.copytree(exp_copy, other)
+    train("sovits", other, tiny_cfg("sovits", max_steps=1, warmup_steps=2))
+    r = train("sovits", exp_copy, tiny_cfg("sovits", max_steps=2, warmup_steps=2))
+    assert [sorted(row) for row in r.train_log] == [["learning_rate", "loss/g/kl", "loss/g/mel", "loss/g/total",
+                                                     "step"]] * 2
+    d_one, d_two = (load_state(e / "train/sovits/state-last.pt")["models"]["d"] for e in (other, exp_copy))
+    assert all(torch.equal(d_one[k], d_two[k]) for k in d_one)  # warm-up steps never touch the discriminator
+    r = train("sovits", exp_copy, tiny_cfg("sovits", max_steps=3, warmup_steps=2))  # resumes: one full step
+    assert r.progress.global_step == 3 and "loss/d/total" in r.train_log[-1] and "loss/g/fm" in r.train_log[-1]
+    d_three = load_state(exp_copy / "train/sovits/state-last.pt")["models"]["d"]
+    assert any(not torch.equal(d_two[k], d_three[k]) for k in d_two)
+
+
 def test_gpt_steps_change_weights_and_write_upstream_files(exp_copy, tiny_base):
     from gsv.checkpoint.upstream import load_gpt
     from trainer.run import train
@@ -102,8 +122,84 @@ def test_validation_synthesis_and_best_checkpoint(exp_copy):
     assert {"val/loss", "val/mel", "val/speaker_similarity"} <= set(rec)
     assert -1.0 <= rec["val/speaker_similarity"] <= 1.0
     assert r.progress.best == rec["val/loss"] and (exp_copy / "weights/sovits-best.pth").is_file()
+    assert r.progress.metric == "val/loss"
     assert list((exp_copy / "logs/sovits/samples").glob("*.wav"))
     assert list((exp_copy / "logs/sovits").glob("events.out.tfevents.*"))
+
+
+def test_speaker_similarity_comes_from_the_pretrained_encoder_with_ceiling_and_floor(exp_copy, monkeypatch):
+    """val/speaker_similarity is Resemblyzer's GE2E cosine to the centroid of the training items; the
+    run's ceiling (held-out items) and floor (noise) come with it; similarity can pick the best weights."""
+    import json
+
+    import numpy as np
+
+    from gsv.quality import ResemblyzerEncoder, SpeakerEncoderUnavailable
+    from trainer import validate
+    from trainer.data import Experiment, load_tensors
+    from trainer.run import train
+
+    try:
+        encoder = ResemblyzerEncoder()
+    except SpeakerEncoderUnavailable as e:
+        pytest.skip(str(e))
+    synthesized = []
+    real_measure = validate.ValidationSynth.measure
+
+    def spy(self, audios):
+        assert len(audios) == 2  # one per validation sentence
+        synthesized.append(audios)
+        return real_measure(self, audios)
+
+    monkeypatch.setattr(validate.ValidationSynth, "measure", spy)
+    r = train("gpt", exp_copy, tiny_cfg("gpt", epochs=2, synth=True, synth_max_tokens=30, val_fraction=0.2,
+                                        early_stop_on="similarity",
+                                        synth_text=["A short test of the voice.", "And the second sentence."]))
+    hist = r.progress.history
+    assert len(hist) == 2 and len(synthesized) == 2
+    exp = Experiment.open(exp_copy)
+    train_items, val_items = exp.split(0.2)
+    ref = json.loads((exp_copy / validate.REFERENCE_FILE).read_text())
+    assert ref["encoder"] == "resemblyzer-ge2e" and ref["utterances"] == len(train_items)
+    assert ref["ceiling_method"] == "held-out" and ref["ceiling_utterances"] == len(val_items)
+    centroid = np.asarray(ref["centroid"])
+    for rec, audios in zip(hist, synthesized):
+        expected = float(np.mean([encoder.embed(a, 32000) @ centroid for a in audios]))
+        assert rec["val/speaker_similarity"] == pytest.approx(expected, abs=1e-4)
+        assert rec["val/speaker_similarity_ceiling"] == pytest.approx(ref["ceiling"])
+        assert rec["val/speaker_similarity_floor"] == pytest.approx(ref["floor"])
+    # the ceiling is what the held-out real utterances score against the training centroid
+    held = [encoder.embed(load_tensors(exp.file(it), ("wav",))["wav"].float().numpy() / 32768, 32000)
+            for it in val_items]
+    assert ref["ceiling"] == pytest.approx(float(np.mean([h @ centroid for h in held])), abs=1e-3)
+    assert ref["floor"] < ref["ceiling"]
+    # --early-stop-on similarity: the best weights are those of the highest similarity
+    sims = [rec["val/speaker_similarity"] for rec in hist]
+    assert r.progress.metric == "val/speaker_similarity" and r.progress.best == max(sims)
+    assert r.progress.best_epoch == 1 + sims.index(max(sims))
+
+
+def test_max_minutes_stops_training(exp_copy, monkeypatch):
+    from trainer import loop
+    from trainer.run import train
+
+    now = [0.0]
+
+    def clock():  # every look at the clock is 10 s later
+        now[0] += 10.0
+        return now[0]
+
+    monkeypatch.setattr(loop, "_clock", clock)
+    r = train("gpt", exp_copy, tiny_cfg("gpt", epochs=50, max_minutes=0.5))  # deadline at +30 s: two steps
+    assert r.progress.global_step == 2 and (exp_copy / "train/gpt/last.safetensors").is_file()
+
+
+def test_early_stop_on_similarity_needs_the_synthesis(exp_copy):
+    from gsv.errors import GsvError
+    from trainer.run import train
+
+    with pytest.raises(GsvError, match="no-synth"):
+        train("gpt", exp_copy, tiny_cfg("gpt", synth=False, early_stop_on="similarity"))
 
 
 def test_resume_after_crash_gives_identical_steps(exp_copy, tmp_path, monkeypatch):
