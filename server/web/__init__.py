@@ -4,9 +4,9 @@ request path (:mod:`server.frontdoor`).
 
 Routes (every API route needs the bearer token when ``--tokens`` is given):
 
-* ``GET|POST /tts`` — upstream GPT-SoVITS ``api_v2.py`` (:mod:`server.web.upstream`), plus its
-  ``/set_gpt_weights``, ``/set_sovits_weights``, ``/set_refer_audio`` and ``/control``, refused
-  with what to do instead;
+* ``GET|POST /tts`` (and ``POST /``) — upstream GPT-SoVITS ``api_v2.py`` (:mod:`server.web.upstream`),
+  ``GET /speakers`` for SillyTavern, and upstream's ``/set_gpt_weights``, ``/set_sovits_weights``,
+  ``/set_refer_audio`` and ``/control``, refused with what to do instead;
 * ``POST /v1/audio/speech``, ``GET /v1/models``, ``GET /v1/audio/voices`` — OpenAI
   (:mod:`server.web.openai`);
 * ``/v1/ws/synthesize`` — the WebSocket session (:mod:`server.web.websocket`);
@@ -59,6 +59,8 @@ def build_app(state) -> Starlette:
         return response
 
     routes = [Route("/tts", upstream.tts, methods=["GET", "POST"]),
+              Route("/", upstream.tts, methods=["POST"]),  # SillyTavern's GPT-SoVITS provider posts to /
+              Route("/speakers", upstream.speakers, methods=["GET"]),
               *(Route(p, upstream.control, methods=["GET", "POST"]) for p in CONTROL_PATHS),
               Route("/v1/audio/speech", openai.speech, methods=["POST"]),
               Route("/v1/models", openai.models, methods=["GET"]),

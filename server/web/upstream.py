@@ -11,6 +11,7 @@ mode (bigger chunks), 3 = the lowest-latency mode.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import dataclass
 
@@ -35,6 +36,13 @@ IGNORED = ("batch_size", "batch_threshold", "split_bucket", "parallel_infer", "s
            "overlap_length", "min_chunk_length")
 MAX_AUX_REFERENCES = 8
 MAX_PATH_CHARS = 1024
+# SillyTavern's GPT-SoVITS provider lists GET /speakers and then sends ref_audio_path
+# "./参考音频/<speaker>.wav" (the folder name of the GPT-SoVITS fork it was written for), with the
+# speaker name as prompt_text: such a path names the registered voice <speaker> if there is one,
+# else the file under --ref-audio-dir (whose name is then its transcript).
+SPEAKER_DIR = "参考音频"
+SPEAKER_PATH = re.compile(r"(?:\./)?" + SPEAKER_DIR + r"/(?P<stem>[^/]+)\.wav")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,13 @@ def _language(name: str, value, languages) -> str:
     if lang not in languages:
         raise FieldError(name, f"unknown {name} {shown(lang)} (one of {', '.join(languages)})")
     return lang
+
+
+def voice_id_in(ref: str) -> str:
+    """The registered voice id a ``ref_audio_path`` may name ("" if it can only be a file)."""
+    m = SPEAKER_PATH.fullmatch(ref)
+    name = m.group("stem") if m else ref
+    return name if VOICE_ID_RE.fullmatch(name) else ""
 
 
 def parse(params: dict, state, request_id: str) -> TtsRequest:
@@ -119,8 +134,8 @@ def parse(params: dict, state, request_id: str) -> TtsRequest:
         if params.get(name) is not None:
             (as_bool if name in ("split_bucket", "parallel_infer", "super_sampling") else as_float)(name, params[name])
     rate = native_rate(codec)
-    r = SynthesisRequest(request_id, ref if VOICE_ID_RE.fullmatch(ref) else "", text_lang, split, options,
-                         "pcm_s16le", 0 if rate == 32000 else rate)
+    r = SynthesisRequest(request_id, voice_id_in(ref), text_lang, split, options, "pcm_s16le",
+                         0 if rate == 32000 else rate)
     return TtsRequest(r, text, ref, aux, prompt_text, prompt_lang, codec, f"audio/{media}", latency is not None)
 
 
@@ -170,6 +185,23 @@ class UpstreamDoor:
         encoder = make_encoder(t.codec, native_rate(t.codec), stream=t.streaming)
         body = encoded_audio(self.s, events, encoder, t.streaming, meta)
         return SynthesisResponse(call, body, t.media_type, meta["headers"])
+
+    async def speakers(self, request: Request):
+        """``GET /speakers`` (SillyTavern's GPT-SoVITS provider): the caller's voices, then the audio
+        files in ``--ref-audio-dir``/参考音频."""
+
+        def listing(owner: str) -> list[dict]:
+            names = [m["voice_id"] for m in self.s.registry.list(owner, "")]
+            folder = self.s.ref_files.root / SPEAKER_DIR if self.s.ref_files.enabled else None
+            if folder is not None and folder.is_dir():
+                names += sorted(p.stem for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            return [{"name": n, "voice_id": n} for n in dict.fromkeys(names)]
+
+        async def run():
+            owner = self.door.owner(authorization(request))
+            return JSONResponse(await self.door.in_voice_pool(listing, owner))
+
+        return await handle(HttpCall(self.s, CONTROL_METHOD, UPSTREAM), run)
 
     async def control(self, request: Request):
         """The endpoints that switch upstream's global state: refused, with what to do instead."""

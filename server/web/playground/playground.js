@@ -6,6 +6,7 @@
 const $ = (id) => document.getElementById(id);
 let socket = null;
 let audioCtx = null;
+let voiceListings = 0;  // only the latest voice listing may fill the list
 
 function token() {
   return $("token").value.trim();
@@ -23,9 +24,11 @@ function setStatus(text, isError) {
 async function loadVoices() {
   sessionStorage.setItem("gsv-token", token());
   const select = $("voice");
+  const listing = ++voiceListings;
   try {
     const response = await fetch("/v1/audio/voices", { headers: authHeaders() });
     const body = await response.json();
+    if (listing !== voiceListings) return;
     if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
     select.innerHTML = "";
     for (const v of body.data) {
@@ -39,6 +42,7 @@ async function loadVoices() {
     }
     setStatus(`${body.data.length} voice(s)`);
   } catch (e) {
+    if (listing !== voiceListings) return;
     select.innerHTML = '<option value="">(voices unavailable)</option>';
     setStatus("could not list voices: " + e.message, true);
   }
