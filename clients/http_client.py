@@ -16,6 +16,7 @@ Imports httpx, websockets and numpy only.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 
 import httpx
@@ -74,11 +75,15 @@ class _PcmCollector:
 
 
 class AsyncHttpTtsClient:
-    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 300.0, max_connections: int = 64):
+    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 300.0, max_connections: int = 64,
+                 verify: ssl.SSLContext | bool = True):
+        """``verify``: for https, an SSLContext trusting the server's certificate (or True: the system's)."""
         self.base_url = base_url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout = timeout
-        self.http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=timeout,
+        self.ssl = (verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()) \
+            if self.base_url.startswith("https") else None
+        self.http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=timeout, verify=verify,
                                       limits=httpx.Limits(max_connections=max_connections,
                                                           max_keepalive_connections=max_connections))
 
@@ -128,7 +133,7 @@ class AsyncHttpTtsClient:
 
         url = "ws" + self.base_url[4:] + "/v1/ws/synthesize"
         result = StreamResult(t_start=time.monotonic())
-        async with websockets.connect(url, additional_headers=self.headers, max_size=None,
+        async with websockets.connect(url, additional_headers=self.headers, max_size=None, ssl=self.ssl,
                                       open_timeout=self.timeout) as ws:
             await ws.send(json.dumps(config))
             for text, flush in pieces:

@@ -397,3 +397,19 @@ def test_playground_plays_in_headless_chromium(server, tmp_path):
     assert plausible(float(m.group(1))) and int(m.group(2)) >= 1 and float(m.group(4)) > 0
     assert ttfa == f"{m.group(3)} ms" and rtf.startswith(m.group(4)) and received.startswith(m.group(1))
     assert requests and all(u.startswith(server.base) for u in requests), requests
+
+
+# ----------------------------------------------------------------------------------- gsv-say --http
+@pytest.mark.parametrize("door,rate", [("ws", 32000), ("tts", 32000), ("openai", 24000)])
+def test_gsv_say_through_http_doors(server, tmp_path, capsys, door, rate):
+    from clients.say import main
+
+    out = tmp_path / f"{door}.wav"
+    args = ["--http", server.base, "--door", door, "--voice", "alice", "--text", TEXT, "--lang", "zh", "--seed", "3",
+            "--token", TOKEN, "-o", str(out)]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    x, sr = sf.read(out, dtype="float32")
+    assert sr == rate and plausible(x.size / sr) and audible(x) and report["seed"] == 3 and report["ttfa_ms"] > 0
+    assert main(args[:5] + ["nobody"] + args[6:]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
