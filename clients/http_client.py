@@ -106,7 +106,9 @@ class AsyncHttpTtsClient:
         if door == "openai":
             body = {"model": "gsv", "input": text, "voice": voice, "response_format": "pcm"}
             if seed is not None:
-                body["seed"] = seed
+                body["seed"] = seed  # (extensions of this server: seed, language)
+            if language:
+                body["language"] = language
             return await self._post_pcm("/v1/audio/speech", body, OPENAI_PCM_RATE)
         if door == "ws":
             config = {"voice_id": voice, "language": language, "latency_mode": latency, "seed": seed,

@@ -9,7 +9,8 @@ model honours (:data:`gsv.session.SPEED_RANGE`); ``instructions`` is accepted an
 audio is streamed as it is generated (``stream_format`` ``audio``: the encoded bytes; ``sse``:
 ``speech.audio.delta`` events with base64 audio, then ``speech.audio.done``), except FLAC, which
 is sent whole.  ``pcm`` is 24 kHz mono s16le as OpenAI defines it; ``opus`` is Ogg/Opus at 48 kHz;
-``mp3``, ``wav`` and ``flac`` keep the model's 32 kHz.  Extension: an integer ``seed``.
+``mp3``, ``wav`` and ``flac`` keep the model's 32 kHz.  Extensions: an integer ``seed``, and
+``language`` (the text's language; default: the voice's).
 """
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ from starlette.responses import JSONResponse
 from gsv import constants as C
 from gsv.sampling import MAX_SEED, SamplingOptions
 from gsv.session import SPEED_RANGE, SynthesisOptions
-from server.convert import SynthesisRequest, check_text, voice_id_of
+from server.convert import MAX_LANGUAGE_CHARS, SynthesisRequest, check_text, voice_id_of
 from server.encoders import check_available, make_encoder, native_rate
-from server.errors import Code, RequestError
+from server.errors import Code, RequestError, shown
 from server.frontdoor import FrontDoor
 from server.web.common import (OPENAI, FieldError, HttpCall, SynthesisResponse, as_float, as_int, as_str,
                                authorization, deadline_of, encoded_audio, error_body, handle, json_body, request_id_of)
@@ -93,10 +94,15 @@ def parse(body: dict, state, request_id: str) -> SpeechRequest:
         seed = as_int("seed", seed)
         if not 0 <= seed <= MAX_SEED:
             raise FieldError("seed", f"seed must be in [0, {MAX_SEED}]")
+    language = body.get("language") or ""
+    if language:
+        language = as_str("language", language, MAX_LANGUAGE_CHARS).strip().lower()
+        if language not in state.text.languages:
+            raise FieldError("language", f"unknown language {shown(language)}")
     sampling = SamplingOptions(seed=seed)
     sampling = dataclasses.replace(sampling, seed=sampling.resolved_seed())
     options = SynthesisOptions(sampling=sampling, speed=speed, max_audio_seconds=state.config.max_audio_seconds)
-    r = SynthesisRequest(request_id, voice_id, "", "cut5", options, "pcm_s16le", 0 if rate == C.SAMPLE_RATE else rate)
+    r = SynthesisRequest(request_id, voice_id, language, "cut5", options, "pcm_s16le", 0 if rate == C.SAMPLE_RATE else rate)
     return SpeechRequest(r, text, codec, media_type, rate, stream_format == "sse")
 
 

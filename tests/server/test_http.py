@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import socket
 import struct
 import time
 
@@ -413,3 +414,15 @@ def test_gsv_say_through_http_doors(server, tmp_path, capsys, door, rate):
     assert sr == rate and plausible(x.size / sr) and audible(x) and report["seed"] == 3 and report["ttfa_ms"] > 0
     assert main(args[:5] + ["nobody"] + args[6:]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_http_listener_is_tcp_so_responses_skip_nagle():
+    """asyncio turns Nagle's algorithm off only on sockets created as IPPROTO_TCP; on a socket made
+    with proto 0 every response waited ~40 ms for the client's delayed ACK (found by gsv-bench)."""
+    from server.web import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
