@@ -129,3 +129,33 @@ def ratios_vs_grpc(levels: dict[str, list[dict]]) -> list[dict]:
                 row["throughput_within_target"] = row["throughput_ratio"] >= THROUGHPUT_RATIO
             out.append(row)
     return out
+
+
+def summary_vs_grpc(levels: dict[str, list[dict]]) -> list[dict]:
+    """Repeated levels pooled per door and concurrency (a shared machine's drift averages out):
+    mean time to first audio over every request, audio seconds per wall second over every level,
+    each against gRPC's, with the targets' verdicts."""
+    def pooled(lvls, c):
+        same = [lv for lv in lvls if lv["concurrency"] == c and lv.get("ttfa_ms_mean") is not None]
+        n = sum(lv["ok"] for lv in same)
+        return {"levels": len(same), "requests": n,
+                "ttfa_ms_mean": sum(lv["ttfa_ms_mean"] * lv["ok"] for lv in same) / n if n else None,
+                "ttfa_ms_p50_median": float(np.median([lv["ttfa_ms_p50"] for lv in same])) if same else None,
+                "audio_seconds_per_second": (sum(lv["audio_seconds"] for lv in same)
+                                             / sum(lv["wall_seconds"] for lv in same)) if same else None}
+
+    out = []
+    for c in sorted({lv["concurrency"] for lv in levels.get("grpc", [])}):
+        g = pooled(levels["grpc"], c)
+        for proto, lvls in levels.items():
+            d = pooled(lvls, c)
+            row = {"protocol": proto, "concurrency": c, **d}
+            if proto != "grpc" and g["ttfa_ms_mean"] and d["ttfa_ms_mean"] is not None:
+                row["ttfa_ms_mean_ratio"] = d["ttfa_ms_mean"] / g["ttfa_ms_mean"]
+                row["ttfa_ms_mean_diff"] = d["ttfa_ms_mean"] - g["ttfa_ms_mean"]
+                row["ttfa_allowed_ms"] = max(TTFA_RATIO * g["ttfa_ms_mean"], g["ttfa_ms_mean"] + TTFA_SLACK_MS)
+                row["ttfa_within_target"] = d["ttfa_ms_mean"] <= row["ttfa_allowed_ms"]
+                row["throughput_ratio"] = d["audio_seconds_per_second"] / g["audio_seconds_per_second"]
+                row["throughput_within_target"] = row["throughput_ratio"] >= THROUGHPUT_RATIO
+            out.append(row)
+    return out

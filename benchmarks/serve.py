@@ -301,13 +301,14 @@ def run(args) -> int:
                 report["levels"], report["poisson"] = runs[protocols[0]]
                 if "grpc" in protocols and len(protocols) > 1:
                     report["ratios_vs_grpc"] = doors.ratios_vs_grpc({p: runs[p][0] for p in protocols})
+                    report["summary_vs_grpc"] = doors.summary_vs_grpc({p: runs[p][0] for p in protocols})
         finally:
             if launched:
                 launched.stop()
     Path(args.out).write_text(json.dumps(report, indent=2))
     if args.plot and report["levels"]:
         plot(report, args.plot)
-    print(json.dumps({"out": args.out, "burst": report.get("burst"), "ratios_vs_grpc": report.get("ratios_vs_grpc"),
+    print(json.dumps({"out": args.out, "burst": report.get("burst"), "summary_vs_grpc": report.get("summary_vs_grpc"),
                       "levels": [
         {k: lv[k] for k in ("concurrency", "ttfa_ms_p50", "ttfa_ms_p95", "ttfa_ms_p99", "audio_seconds_per_second",
                             "underruns", "errors")} for lv in report["levels"]]}))

@@ -56,6 +56,7 @@ def build_app(state) -> Starlette:
         code = _STATUS_CODE.get(exc.status_code, Code.INVALID_ARGUMENT)
         response = error_response(style, RequestError(code, f"{request.method} {request.url.path}: {exc.detail}"))
         response.status_code = exc.status_code
+        response.headers.update(exc.headers or {})  # (405: Allow)
         return response
 
     routes = [Route("/tts", upstream.tts, methods=["GET", "POST"]),

@@ -132,7 +132,7 @@ async def json_body(request: Request) -> dict:
             if len(data) > MAX_BODY_BYTES:
                 raise RequestError(Code.INVALID_ARGUMENT, f"request body is over the limit of {MAX_BODY_BYTES} bytes")
     except ClientDisconnect:
-        raise asyncio.CancelledError() from None
+        raise RequestError(Code.CANCELLED, "the client went away while sending its request") from None
     try:
         body = json.loads(bytes(data)) if data.strip() else None
     except (ValueError, UnicodeDecodeError) as e:

@@ -283,6 +283,17 @@ def test_bad_requests_never_500_and_server_keeps_serving(server, http):
     assert http.post("/tts", json={"text": TEXT, "text_lang": "zh", "ref_audio_path": "alice"}).status_code == 200
 
 
+def test_request_timeout_header_is_the_deadline(server, http):
+    r = http.post("/tts", json={"text": TEXT, "text_lang": "zh", "ref_audio_path": "alice"},
+                  headers={"X-Request-Timeout": "0.001"})
+    assert r.status_code == 504 and r.json()["Exception"] == "DEADLINE_EXCEEDED"
+    with pytest.raises(openai.APIStatusError) as e:
+        openai.OpenAI(base_url=server.base + "/v1", api_key=TOKEN, max_retries=0).audio.speech.create(
+            model="tts-1", voice="alice", input=TEXT, extra_headers={"X-Request-Timeout": "0.001"})
+    assert e.value.status_code == 504 and e.value.body["code"] == "deadline_exceeded"
+    wait_idle(server)
+
+
 # ----------------------------------------------------------------------------------- WebSocket
 def test_websocket_session(server):
     events, audio, code = ws_session(server, {"voice_id": "alice", "seed": 4, "latency_mode": "lowest"},
