@@ -46,8 +46,8 @@ async def open_client(door: Door, token: str | None, connections: int = 64):
             yield client
 
 
-def is_request_error(e: BaseException) -> bool:
-    return isinstance(e, TtsError) or type(e).__name__ == "HttpTtsError"
+def is_request_error(e) -> bool:
+    return isinstance(e, TtsError) or type(e).__name__ in ("HttpTtsError", "RawHttpError")
 
 
 def error_code(e: BaseException) -> str:
@@ -83,6 +83,56 @@ def _delivery(results) -> dict:
             "underruns": sum(r.underruns() for r in ok)}
 
 
+class RawHttpError(Exception):
+    """A refused request of the raw /tts burst client (``code_name`` as HttpTtsError's)."""
+
+    def __init__(self, status: int, code: str):
+        super().__init__(f"{code} ({status})")
+        self.status, self.code_name = status, code
+
+
+async def _raw_tts_burst(base_url: str, args, texts: list[str], n: int) -> list[tuple[object, float]]:
+    """``n`` upstream /tts requests written at the same moment on ``n`` connections opened beforehand,
+    by a client that does almost no work (HTTP/1.0: the body is the raw PCM until the server closes),
+    so the times measure the server and not a Python HTTP client's per-request cost.  Each outcome:
+    (StreamResult or RawHttpError, ms from writing the request to its status line)."""
+    import json
+    import urllib.parse
+
+    from clients.tts_client import StreamResult
+
+    url = urllib.parse.urlsplit(base_url)
+    auth = f"Authorization: Bearer {args.token}\r\n" if args.token else ""
+    conns = await asyncio.gather(*(asyncio.open_connection(url.hostname, url.port) for _ in range(n)))
+
+    async def one(i, reader, writer):
+        body = json.dumps({"text": texts[i % len(texts)], "text_lang": args.lang, "ref_audio_path": args.voice,
+                           "media_type": "raw", "streaming_mode": 2, "seed": args.seed + i}).encode()
+        head = (f"POST /tts HTTP/1.0\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n{auth}"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        result = StreamResult(t_start=time.monotonic(), sample_rate=32000)
+        writer.write(head + body)
+        status = int((await reader.readline()).split()[1])
+        ms = 1000 * (time.monotonic() - result.t_start)
+        while (await reader.readline()).strip():  # headers
+            pass
+        try:
+            if status != 200:
+                code = json.loads(await reader.read()).get("Exception", "INTERNAL")
+                return RawHttpError(status, code), ms
+            from clients.http_client import _PcmCollector
+
+            collect = _PcmCollector(result, 32000)
+            while data := await reader.read(65536):
+                collect.feed(data)
+            result.t_end = time.monotonic()
+            return result, ms
+        finally:
+            writer.close()
+
+    return await asyncio.gather(*(one(i, r, w) for i, (r, w) in enumerate(conns)))
+
+
 async def burst(door: Door, args, texts: list[str], n: int, baseline: int) -> dict:
     """``baseline`` concurrent streams alone, then ``n`` requests at once: the excess must be refused
     at once (429 / RESOURCE_EXHAUSTED) while the admitted streams keep their real-time factor."""
@@ -95,7 +145,10 @@ async def burst(door: Door, args, texts: list[str], n: int, baseline: int) -> di
             return r, 1000 * (time.monotonic() - t0)
 
         t0 = time.monotonic()
-        outcomes = await asyncio.gather(*(timed(i) for i in range(n)))
+        if door.protocol == "http":
+            outcomes = await _raw_tts_burst(door.address, args, texts, n)
+        else:
+            outcomes = await asyncio.gather(*(timed(i) for i in range(n)))
         wall = time.monotonic() - t0
     rejected = [ms for r, ms in outcomes if is_request_error(r) and error_code(r) == "RESOURCE_EXHAUSTED"]
     errors: dict[str, int] = {}
@@ -103,7 +156,8 @@ async def burst(door: Door, args, texts: list[str], n: int, baseline: int) -> di
         if is_request_error(r):
             errors[error_code(r)] = errors.get(error_code(r), 0) + 1
     admitted = [r for r, _ in outcomes if not is_request_error(r)]
-    return {"protocol": door.protocol, "requests": n, "wall_seconds": wall, "errors": errors,
+    client = "raw HTTP/1.0, connections opened first" if door.protocol == "http" else "the door's client"
+    return {"protocol": door.protocol, "client": client, "requests": n, "wall_seconds": wall, "errors": errors,
             "rejected": len(rejected), "rejected_ms_p50": _pct(rejected, 50), "rejected_ms_p99": _pct(rejected, 99),
             "rejected_ms_max": max(rejected) if rejected else None,
             "admitted": _delivery(admitted), f"alone_{baseline}_streams": _delivery(alone)}
