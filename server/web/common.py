@@ -5,7 +5,8 @@ Errors are mapped once (:func:`server.errors.report`: the canonical code, its co
 ``tts_requests_total{method, code}``, a fault's log line) and only *rendered* per door: upstream
 ``/tts`` as ``{"message", "Exception"}``, OpenAI as ``{"error": {"message", "type", "param",
 "code"}}``, both with the code's HTTP status (``Code.http_status``), ``Retry-After`` (+
-``retry-after-ms``, which the OpenAI SDK honours) on 429/503 and ``WWW-Authenticate`` on 401.
+``retry-after-ms``, which the OpenAI SDK honours) when the server gives a retry hint (429 when full,
+503 while starting) and ``WWW-Authenticate`` on 401.
 """
 from __future__ import annotations
 
