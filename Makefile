@@ -21,12 +21,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps $(RESEMBLYZER)
 	@touch $(STAMP)
 
-# System packages some commands need (espeak-ng speaks the synthetic training/demo data).
-$(SYS_STAMP):
+# System packages some commands need: espeak-ng speaks the synthetic training/demo data; chromium
+# runs the playground test headless (tests/server/test_http.py); openssl makes its TLS certificate.
+$(SYS_STAMP): Makefile
 	@mkdir -p $(VENV)
-	@if ! command -v espeak-ng >/dev/null 2>&1; then \
-		echo "installing espeak-ng (apt-get)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
+	@missing=""; \
+	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
+	{ command -v chromium || command -v chromium-browser; } >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@touch $(SYS_STAMP)
 

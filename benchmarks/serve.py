@@ -2,6 +2,15 @@
 
     gsv-bench serve --server HOST:PORT --voice V --concurrency 1,2,4,8 --requests N --out R.json [--plot R.png]
     gsv-bench serve --compare "bundle=B1,backend=torch" "bundle=B1,backend=onnx" --ref-audio R.wav ... --out R.json
+    gsv-bench serve --protocol grpc,http,openai,ws --launch "bundle=B,max-audio-seconds=6" --ref-audio R.wav ... --out R.json
+    gsv-bench serve --protocol http --burst 100 --launch "bundle=B,max-live=2,max-queue=4" ... --out R.json
+
+``--protocol`` picks the door(s): gRPC StreamingSynthesize, upstream ``/tts`` (raw PCM, streamed),
+OpenAI ``/v1/audio/speech`` (``pcm``) or the WebSocket session; several doors run the same sweep
+interleaved level by level and are reported with their ratios to gRPC (``ratios_vs_grpc``).  The
+HTTP doors take no per-request audio cap: give the server one (``max-audio-seconds=`` in the spec).
+``--burst N`` sends N requests at once and reports how fast the excess is refused and how the
+admitted streams are delivered.
 
 Closed loop: at each concurrency level, that many clients each stream one request after another
 until ``--requests`` requests have completed.  Open loop (``--rates``): Poisson arrivals at the given
@@ -29,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.tts_client import AsyncTtsClient, StreamResult, TtsClient, TtsError
+from benchmarks import doors
+from clients.tts_client import StreamResult, TtsClient
 
 TEXTS = {
     "en": ["The quick brown fox jumps over the lazy dog.", "Welcome back, traveler. The gates open at dawn.",
@@ -58,6 +68,13 @@ def add_arguments(p) -> None:
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="two server specs: HOST:PORT or key=value lists launched here "
                         "(bundle=DIR,backend=torch|onnx|...,max-live=N,max-queue=N,threads=N)")
+    p.add_argument("--protocol", default="grpc",
+                   help=f"door(s), comma-separated: {', '.join(doors.PROTOCOLS)} (several: interleaved, with ratios)")
+    p.add_argument("--http-server", help="base URL of the server's HTTP port (for http/openai/ws with --server)")
+    p.add_argument("--launch", metavar="SPEC", help="launch one server here (same spec as --compare) and measure it")
+    p.add_argument("--latency", choices=["balanced", "lowest", "quality"], default="balanced")
+    p.add_argument("--burst", type=int, default=0, help="send this many requests at once (overload), per door")
+    p.add_argument("--burst-baseline", type=int, default=2, help="concurrent streams measured alone before a burst")
     p.add_argument("--ref-audio", help="reference audio to register --voice on launched servers")
     p.add_argument("--ref-text")
     p.add_argument("--ref-lang")
@@ -113,23 +130,20 @@ def summarize(results: list, errors: dict, wall: float, before: dict, after: dic
     return level
 
 
-async def one_request(client: AsyncTtsClient, args, i: int):
-    texts = args.text or TEXTS.get(args.lang, TEXTS["en"])
-    try:
-        return await client.stream(texts[i % len(texts)], args.voice, seed=args.seed + i,
-                                   max_audio_seconds=args.max_audio_seconds)
-    except TtsError as e:
-        return e
+def texts_of(args) -> list[str]:
+    return args.text or TEXTS.get(args.lang, TEXTS["en"])
 
 
 async def closed_loop(target, args, concurrency: int):
-    async with AsyncTtsClient(target, token=args.token) as client:
+    door = doors.as_door(target)
+    texts = texts_of(args)
+    async with doors.open_client(door, args.token) as client:
         counter = iter(range(args.requests))
         results = []
 
         async def worker():
             for i in counter:
-                results.append(await one_request(client, args, i))
+                results.append(await doors.request(client, door, texts[i % len(texts)], args, i))
 
         t0 = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -137,12 +151,14 @@ async def closed_loop(target, args, concurrency: int):
 
 
 async def open_loop(target, args, rate: float):
+    door = doors.as_door(target)
+    texts = texts_of(args)
     rng = random.Random(args.seed)
-    async with AsyncTtsClient(target, token=args.token) as client:
+    async with doors.open_client(door, args.token) as client:
         tasks = []
         t0 = time.monotonic()
         for i in range(args.requests):
-            tasks.append(asyncio.ensure_future(one_request(client, args, i)))
+            tasks.append(asyncio.ensure_future(doors.request(client, door, texts[i % len(texts)], args, i)))
             await asyncio.sleep(rng.expovariate(rate))
         results = await asyncio.gather(*tasks)
         return list(results), time.monotonic() - t0
@@ -154,8 +170,8 @@ def run_level(target, args, kind: str, value, metrics_url):
     results, wall = asyncio.run(fn(target, args, value))
     errors: dict[str, int] = {}
     for r in results:
-        if isinstance(r, TtsError):
-            errors[r.code.name] = errors.get(r.code.name, 0) + 1
+        if doors.is_request_error(r):
+            errors[doors.error_code(r)] = errors.get(doors.error_code(r), 0) + 1
     level = summarize(results, errors, wall, before, scrape(metrics_url))
     level[kind] = value
     return level
@@ -175,15 +191,17 @@ class LaunchedServer:
         opts = dict(kv.split("=", 1) for kv in spec.split(","))
         if "bundle" not in opts:
             raise SystemExit(f"gsv-bench: error: server spec {spec!r} needs bundle=DIR")
-        self.port, self.mport = _free_port(), _free_port()
+        self.port, self.mport, self.hport = _free_port(), _free_port(), _free_port()
         self.voices = tempfile.mkdtemp(prefix="gsv-bench-voices-")
         cmd = [sys.executable, "-m", "server", "--bundle", opts.pop("bundle"), "--voices", self.voices,
-               "--port", str(self.port), "--metrics-port", str(self.mport), "--host", "localhost"]
+               "--port", str(self.port), "--metrics-port", str(self.mport), "--host", "localhost",
+               "--http-port", str(self.hport), "--http-host", "127.0.0.1", "--no-playground"]
         for k, v in opts.items():
             cmd += [f"--{k}", v]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.target = f"localhost:{self.port}"
         self.metrics = f"http://localhost:{self.mport}/metrics"
+        self.http = f"http://127.0.0.1:{self.hport}"
         self.spec = spec
         with TtsClient(self.target, token=args.token, timeout=600) as c:
             c.wait_ready(600)
@@ -255,15 +273,43 @@ def run(args) -> int:
         report["ratios"] = ratios
         report["levels"] = runs["A"][0]
     else:
-        if not args.server:
-            print("gsv-bench: error: give --server HOST:PORT or --compare A B", file=sys.stderr)
+        if not (args.server or args.launch):
+            print("gsv-bench: error: give --server HOST:PORT, --launch SPEC or --compare A B", file=sys.stderr)
             return 2
-        report["server"] = args.server
-        report["levels"], report["poisson"] = sweep([("server", args.server, args.metrics)], args)["server"]
+        protocols = [p for p in args.protocol.split(",") if p]
+        unknown = set(protocols) - set(doors.PROTOCOLS)
+        if unknown or not protocols:
+            print(f"gsv-bench: error: --protocol takes {', '.join(doors.PROTOCOLS)}", file=sys.stderr)
+            return 2
+        launched = LaunchedServer(args.launch, args) if args.launch else None
+        try:
+            grpc_target = launched.target if launched else args.server
+            http_base = launched.http if launched else args.http_server
+            if any(p != "grpc" for p in protocols) and not http_base:
+                print("gsv-bench: error: the HTTP doors need --http-server URL (or --launch)", file=sys.stderr)
+                return 2
+            metrics = launched.metrics if launched else args.metrics
+            targets = {p: doors.Door(p, grpc_target if p == "grpc" else http_base) for p in protocols}
+            report["server"] = args.launch or args.server
+            if args.burst:
+                report["burst"] = {p: asyncio.run(doors.burst(d, args, texts_of(args), args.burst, args.burst_baseline))
+                                   for p, d in targets.items()}
+                report["levels"] = []
+            else:
+                runs = sweep([(p, d, metrics) for p, d in targets.items()], args)
+                report["protocols"] = {p: {"levels": runs[p][0], "poisson": runs[p][1]} for p in protocols}
+                report["levels"], report["poisson"] = runs[protocols[0]]
+                if "grpc" in protocols and len(protocols) > 1:
+                    report["ratios_vs_grpc"] = doors.ratios_vs_grpc({p: runs[p][0] for p in protocols})
+                    report["summary_vs_grpc"] = doors.summary_vs_grpc({p: runs[p][0] for p in protocols})
+        finally:
+            if launched:
+                launched.stop()
     Path(args.out).write_text(json.dumps(report, indent=2))
-    if args.plot:
+    if args.plot and report["levels"]:
         plot(report, args.plot)
-    print(json.dumps({"out": args.out, "levels": [
+    print(json.dumps({"out": args.out, "burst": report.get("burst"), "summary_vs_grpc": report.get("summary_vs_grpc"),
+                      "levels": [
         {k: lv[k] for k in ("concurrency", "ttfa_ms_p50", "ttfa_ms_p95", "ttfa_ms_p99", "audio_seconds_per_second",
                             "underruns", "errors")} for lv in report["levels"]]}))
     return 0
@@ -277,15 +323,21 @@ def plot(report: dict, path: str, extra_panels=()) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [("A", report["A"]["levels"]), ("B", report["B"]["levels"])] if "A" in report else [("server", report["levels"])]
+    if "A" in report:
+        series = [("A", report["A"]["levels"]), ("B", report["B"]["levels"])]
+    elif "protocols" in report:
+        series = [(p, v["levels"]) for p, v in report["protocols"].items()]
+    else:
+        series = [("server", report["levels"])]
     fig, axes = plt.subplots(1, 3 + len(extra_panels), figsize=(14 + 4.7 * len(extra_panels), 4))
-    for label, levels in series:
+    width = 0.8 / len(series)
+    for i, (label, levels) in enumerate(series):
         c = [lv["concurrency"] for lv in levels]
         axes[0].plot(c, [lv["ttfa_ms_p50"] or 0 for lv in levels], "o-", label=f"{label} p50")
         axes[0].plot(c, [lv["ttfa_ms_p95"] or 0 for lv in levels], "s--", label=f"{label} p95")
         axes[1].plot(c, [lv["audio_seconds_per_second"] for lv in levels], "o-", label=label)
-        axes[2].bar([x + (0.2 if label == "B" else 0) for x in range(len(c))], [lv["underruns"] for lv in levels],
-                    width=0.4, label=label)
+        axes[2].bar([x + i * width for x in range(len(c))], [lv["underruns"] for lv in levels], width=width,
+                    label=label)
         axes[2].set_xticks(range(len(c)), [str(x) for x in c])
     axes[0].set(title="time to first audio", xlabel="concurrent streams", ylabel="ms")
     axes[1].set(title="throughput", xlabel="concurrent streams", ylabel="audio seconds / wall second")

@@ -20,6 +20,7 @@ from gsv.errors import OptionError
 from gsv.sampling import RowSampler, SamplingOptions, make_generator
 from gsv.streaming import LATENCY_POLICIES, ChunkPolicy, SegmentAssembler, Window
 
+SPEED_RANGE = (0.5, 2.0)  # speaking rates accepted (the decoder stretches its latent frames by 1 / speed)
 WHOLE_SEGMENT = ChunkPolicy(first_chunk_tokens=10**6, chunk_tokens=10**6, max_chunk_tokens=10**6, lookahead_tokens=0,
                             max_relaxed_chunk_tokens=10**6)
 
@@ -41,8 +42,8 @@ class SynthesisOptions:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise OptionError(f"{name} must be a finite number, got {v!r}")
-        if not 0.5 <= self.speed <= 2.0:
-            raise OptionError(f"speed must be in [0.5, 2.0], got {self.speed}")
+        if not SPEED_RANGE[0] <= self.speed <= SPEED_RANGE[1]:
+            raise OptionError(f"speed must be in [{SPEED_RANGE[0]}, {SPEED_RANGE[1]}], got {self.speed}")
         if not 0.0 <= self.noise_scale <= 2.0:
             raise OptionError(f"noise_scale must be in [0, 2], got {self.noise_scale}")
         if not 0.0 <= self.fragment_interval <= 5.0:

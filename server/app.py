@@ -8,6 +8,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,11 +17,13 @@ from gsv import __version__
 from gsv.backends import open_backends
 from gsv.checkpoint.bundle import Bundle
 from gsv.engine import Engine
+from gsv.errors import GsvError
 from protos.tts.v1 import tts_pb2, tts_pb2_grpc
 from server.admission import Admission, Authenticator
 from server.config import ServerConfig
 from server.interceptor import ErrorMappingInterceptor
 from server.metrics import ServerMetrics
+from server.ref_files import ReferenceFiles
 from server.runner import EngineRunner
 from server.service import TtsService
 from server.voices import VoiceRegistry
@@ -59,7 +62,12 @@ class ServerState:
     # voice lookups that miss the cache, file reads and preparation; two threads, so one long
     # registration does not hold up every lookup behind it
     voice_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, "gsv-voices"))
+    # audio codecs of the HTTP doors (Opus, MP3, FLAC), one call at a time per request
+    encode_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, "gsv-encode"))
+    ref_files: ReferenceFiles | None = None  # files /tts may name (--ref-audio-dir)
+    started_at: float = field(default_factory=time.time)
     port: int = 0
+    http_port: int = 0
 
     @property
     def model_id(self) -> str:
@@ -91,8 +99,11 @@ def build_state(config: ServerConfig) -> ServerState:
     metrics.model_info.info({"model": bundle.bundle_id, "version": bundle.model_version, "backend": backend,
                              "precision": precision, "native_sample_rate_hz": str(bundle.sample_rate)})
     admission = Admission(config.max_live, config.max_queue, config.retry_after_ms, metrics)
+    if config.ref_audio_dir is not None and not Path(config.ref_audio_dir).is_dir():
+        raise GsvError(f"--ref-audio-dir {config.ref_audio_dir} is not a folder")
     return ServerState(config, bundle, engine, EngineRunner(engine), registry, text, metrics, backend, precision,
-                       Authenticator(config.tokens), admission)
+                       Authenticator(config.tokens), admission,
+                       ref_files=ReferenceFiles(config.ref_audio_dir, preparer, config.max_reference_bytes))
 
 
 def warm_up(state: ServerState) -> None:
@@ -142,6 +153,12 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None, state:
         start_http_server(config.metrics_port, addr=config.metrics_bind_host, registry=state.metrics.registry)
     for name in ("", SERVICE_NAME):
         await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    http = None
+    if config.http_port is not None:
+        from server.web import HttpServer
+
+        http = HttpServer(state)
+        state.http_port = await http.start()
     await server.start()  # requests are refused (UNAVAILABLE) until the warm-up is done
     await asyncio.get_running_loop().run_in_executor(None, warm_up, state)
     state.runner.start()
@@ -159,7 +176,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None, state:
     if ready is not None:
         ready.set()
     await stop.wait()
-    await drain(state, server, health_servicer, interceptor)
+    await drain(state, server, health_servicer, interceptor, http)
 
 
 async def _set_health(servicer, name: str, status) -> None:
@@ -168,7 +185,7 @@ async def _set_health(servicer, name: str, status) -> None:
         await result
 
 
-async def drain(state: ServerState, server, health_servicer, interceptor) -> None:
+async def drain(state: ServerState, server, health_servicer, interceptor, http=None) -> None:
     """Refuse new work (UNAVAILABLE), let in-flight streams finish up to the grace period, stop.
 
     Requests still running at the end of the grace period are cancelled (their clients see
@@ -184,6 +201,8 @@ async def drain(state: ServerState, server, health_servicer, interceptor) -> Non
                  state.config.drain_grace_seconds)
     else:
         log.info("stopping")
+    if http is not None:  # HTTP responses still running are cancelled (their sessions end)
+        await http.stop(1.0)
     await server.stop(1.0)
     # grpcio has cancelled the calls still running; let their handlers unwind (free their sessions)
     # before this coroutine returns: tasks still pending when the event loop closes are cancelled
@@ -195,3 +214,4 @@ async def drain(state: ServerState, server, health_servicer, interceptor) -> Non
     state.runner.stop()
     state.frontend_pool.shutdown(wait=False, cancel_futures=True)
     state.voice_pool.shutdown(wait=False, cancel_futures=True)
+    state.encode_pool.shutdown(wait=False, cancel_futures=True)

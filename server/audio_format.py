@@ -1,7 +1,6 @@
 """Output audio formats: PCM16/F32 little-endian, optional resampling (streaming-safe), WAV for unary."""
 from __future__ import annotations
 
-import io
 import struct
 
 import numpy as np
@@ -39,15 +38,29 @@ class OutputConverter:
         return x
 
     def encode(self, x: np.ndarray) -> bytes:
-        x = np.clip(x, -1.0, 1.0)
-        if self.encoding == "pcm_f32le":
-            return x.astype("<f4").tobytes()
-        return (x * 32767.0).round().astype("<i2").tobytes()
+        return encode_pcm(x, self.encoding)
 
     def wav(self, pcm16: bytes) -> bytes:
-        """RIFF/WAVE header + PCM16 data."""
-        buf = io.BytesIO()
-        buf.write(b"RIFF" + struct.pack("<I", 36 + len(pcm16)) + b"WAVE")
-        buf.write(b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, self.rate, self.rate * 2, 2, 16))
-        buf.write(b"data" + struct.pack("<I", len(pcm16)) + pcm16)
-        return buf.getvalue()
+        return wav_container(pcm16, self.rate)
+
+
+def encode_pcm(x: np.ndarray, encoding: str) -> bytes:
+    """Float samples as little-endian PCM: float32 for ``pcm_f32le``, else 16-bit."""
+    x = np.clip(x, -1.0, 1.0)
+    if encoding == "pcm_f32le":
+        return x.astype("<f4").tobytes()
+    return (x * 32767.0).round().astype("<i2").tobytes()
+
+
+def wav_header(rate: int, data_bytes: int | None) -> bytes:
+    """A 44-byte RIFF/WAVE header of mono PCM16; ``data_bytes=None``: length unknown (a stream),
+    written as 0xFFFFFFFF as streaming servers do, which readers take as "until the end"."""
+    riff, data = (0xFFFFFFFF, 0xFFFFFFFF) if data_bytes is None else (36 + data_bytes, data_bytes)
+    return (b"RIFF" + struct.pack("<I", riff) + b"WAVE"
+            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+            + b"data" + struct.pack("<I", data))
+
+
+def wav_container(pcm16: bytes, rate: int) -> bytes:
+    """RIFF/WAVE header + PCM16 data."""
+    return wav_header(rate, len(pcm16)) + pcm16

@@ -1,6 +1,7 @@
-"""``gsv-serve``: the gRPC streaming TTS server.
+"""``gsv-serve``: the gRPC streaming TTS server (and, with ``--http-port``, its HTTP/WebSocket doors).
 
     gsv-serve --bundle BUNDLE --voices DIR --port P --metrics-port M [--backend ...] [--max-live N] [--max-queue N]
+              [--http-port H [--ref-audio-dir DIR] [--no-playground]]
 
 Ready when grpc.health.v1 reports SERVING.  SIGTERM drains in-flight streams (up to --grace
 seconds), refusing new ones with UNAVAILABLE, then exits.
@@ -45,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=30.0, help="seconds to let in-flight streams finish on SIGTERM")
     p.add_argument("--bidi-idle-timeout", type=float, default=30.0,
                    help="close a BidiSynthesize stream after this many seconds without text or audio")
+    p.add_argument("--http-port", type=int, default=None,
+                   help="also serve HTTP + WebSocket here: upstream-compatible /tts, OpenAI /v1/audio/speech, "
+                        "/v1/ws/synthesize and the playground at / (off when not given)")
+    p.add_argument("--http-host", default=None, help="interface of the HTTP port (default: the same as --host)")
+    p.add_argument("--ref-audio-dir", type=Path, default=None,
+                   help="folder whose audio files /tts may name as ref_audio_path (prepared once, cached)")
+    p.add_argument("--no-playground", action="store_true", help="no browser playground at / on the HTTP port")
     p.add_argument("--tls-cert", type=Path)
     p.add_argument("--tls-key", type=Path)
     p.add_argument("--tokens", type=Path, help='JSON file {"<bearer token>": "<owner name>", ...}; enables auth')
@@ -76,7 +84,8 @@ def config_from_args(args):
                             max_audio_seconds=args.max_audio_seconds, drain_grace_seconds=args.grace,
                             bidi_idle_timeout=args.bidi_idle_timeout,
                             tls_cert=args.tls_cert, tls_key=args.tls_key, tokens=tokens,
-                            reflection=not args.no_reflection)
+                            reflection=not args.no_reflection, http_port=args.http_port, http_host=args.http_host,
+                            ref_audio_dir=args.ref_audio_dir, playground=not args.no_playground)
     except ValueError as e:
         raise GsvError(str(e)) from None
 

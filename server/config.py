@@ -34,12 +34,20 @@ class ServerConfig:
     tokens: dict[str, str] = field(default_factory=dict)  # bearer token -> owner name; empty = no auth
     reflection: bool = True
     retry_after_ms: int = 500
+    http_port: int | None = None  # HTTP/WebSocket doors (off when None)
+    http_host: str | None = None  # None: the same host as the gRPC port
+    ref_audio_dir: Path | None = None  # upstream /tts may name reference files inside this folder
+    playground: bool = True  # the browser playground at / (when the HTTP doors are on)
 
     @property
     def metrics_bind_host(self) -> str:
         """The Prometheus endpoint's address in the form its HTTP server takes ("[::]" -> "::")."""
         host = self.metrics_host if self.metrics_host is not None else self.host
         return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+    @property
+    def http_bind_host(self) -> str:
+        return self.http_host if self.http_host is not None else self.host
 
     def thread_plan(self):
         """Threads of the two concurrent stages; the decoder's idle threads sleep instead of spinning.
@@ -61,6 +69,8 @@ class ServerConfig:
                 raise ValueError("thread counts must be >= 1")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ValueError("--http-port must be in [0, 65535]")
         if not self.bidi_idle_timeout > 0:
             raise ValueError("--bidi-idle-timeout must be > 0 seconds")
         for token, owner in self.tokens.items():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -16,7 +15,7 @@ from gsv import __version__
 from gsv import constants as C
 from gsv.errors import OptionError
 from gsv.sampling import SamplingOptions
-from gsv.session import Session, SynthesisOptions
+from gsv.session import SynthesisOptions
 from gsv.voice import validate_voice_id
 from protos.tts.v1 import tts_pb2 as pb
 from server.audio_format import SAMPLE_RATES, OutputConverter
@@ -121,24 +120,20 @@ def check_text(text: str, max_chars: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------ responses
-def stream_start_pb(r: SynthesisRequest, voice, model_id: str) -> pb.SynthesizeStreamResponse:
+def stream_start_pb(r: SynthesisRequest, ev) -> pb.SynthesizeStreamResponse:
+    """A :class:`server.frontdoor.Started` event as the stream's first message."""
     return pb.SynthesizeStreamResponse(start=pb.StreamStart(
-        request_id=r.request_id, format=r.format_pb(), seed=r.seed, voice_id=voice.voice_id,
-        voice_version=int(getattr(voice, "version", 1)), model_id=model_id))
+        request_id=ev.request_id, format=r.format_pb(), seed=ev.seed, voice_id=ev.voice_id,
+        voice_version=ev.voice_version, model_id=ev.model_id))
 
 
-def summary_pb(session: Session, t0: float, frontend_s: float, audio_seconds: float) -> pb.SynthesisSummary:
-    now = time.monotonic()
-    timings = pb.Timings(
-        queue_ms=1000 * ((session.t_started or now) - (session.t_admitted or now)),
-        frontend_ms=1000 * frontend_s,
-        first_audio_ms=1000 * ((session.t_first_audio or now) - t0),
-        total_ms=1000 * (now - t0),
-    )
-    rtf = (now - t0) / audio_seconds if audio_seconds > 0 else 0.0
-    return pb.SynthesisSummary(finish_reason=FINISH.get(session.finish_reason, pb.COMPLETED),
-                               audio_seconds=audio_seconds, semantic_tokens=session.total_tokens, timings=timings,
-                               real_time_factor=rtf, chunks=session.sequence)
+def summary_pb(s) -> pb.SynthesisSummary:
+    """A :class:`server.frontdoor.Summary` as a SynthesisSummary."""
+    timings = pb.Timings(queue_ms=s.queue_ms, frontend_ms=s.frontend_ms, first_audio_ms=s.first_audio_ms,
+                         total_ms=s.total_ms)
+    return pb.SynthesisSummary(finish_reason=FINISH.get(s.finish_reason, pb.COMPLETED), audio_seconds=s.audio_seconds,
+                               semantic_tokens=s.semantic_tokens, timings=timings,
+                               real_time_factor=s.real_time_factor, chunks=s.chunks)
 
 
 def voice_pb(meta: dict) -> pb.Voice:

@@ -1,4 +1,4 @@
-"""The one error mapping of the server, shared by every door (gRPC today, HTTP/WebSocket later).
+"""The one error mapping of the server, shared by every door (gRPC, HTTP, WebSocket).
 
 Every exception a request can end with becomes a :class:`RequestError` through :func:`failure_of`:
 
@@ -135,3 +135,16 @@ def set_request_id(request_id: str) -> None:
 def is_fault(exc: BaseException) -> bool:
     """True when ``exc`` is a server fault (INTERNAL) that no request validation explains."""
     return failure_of(exc).code is Code.INTERNAL and not isinstance(exc, RequestError)
+
+
+def report(exc: BaseException, info: CallInfo, metrics) -> RequestError:
+    """Map one failed call for any door: count it in ``tts_requests_total{method, code}`` with the
+    code its client receives, log a server fault once with its traceback, and return the failure
+    the door sends."""
+    failure = failure_of(exc, info.request_id)
+    metrics.requests.labels(info.method, failure.code.name).inc()
+    if is_fault(exc):
+        log.error("%s request %s failed", info.method, info.request_id, exc_info=exc)
+    elif failure.code is Code.INTERNAL:
+        log.warning("%s request %s: %s", info.method, info.request_id, failure.message)
+    return failure

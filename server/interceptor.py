@@ -14,7 +14,7 @@ import logging
 
 import grpc
 
-from server.errors import Code, Undecodable, begin_call, failure_of, is_fault
+from server.errors import Code, Undecodable, begin_call, report
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +116,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             code = context.code() if hasattr(context, "code") else None
             self._count(method, getattr(code, "name", "UNKNOWN"))
             return
-        failure = failure_of(e, info.request_id)
-        self._count(method, failure.code.name)
+        failure = report(e, info, self.metrics)
         if isinstance(e, asyncio.CancelledError):
             return  # the client is gone (or the server stops): nothing to send
-        if is_fault(e):
-            log.error("%s request %s failed", method, info.request_id, exc_info=e)
-        elif failure.code is Code.INTERNAL:
-            log.warning("%s request %s: %s", method, info.request_id, failure.message)
         if failure.retry_after_ms:
             context.set_trailing_metadata((("grpc-retry-pushback-ms", str(failure.retry_after_ms)),))
         await context.abort(GRPC_CODE[failure.code], failure.message)

@@ -1,7 +1,8 @@
-"""The gRPC servicer: a thin door over the shared layers.
+"""The gRPC servicer: a thin door over the shared request path (:mod:`server.frontdoor`).
 
-Each handler authenticates (:mod:`server.admission`), converts the request (:mod:`server.convert`),
-admits it, runs it on the engine (:mod:`server.synthesis`) and converts the result back.  Handlers
+Each handler converts the request (:mod:`server.convert`), hands it to the front door (auth,
+admission, voice, text frontend, engine session; shared with the HTTP and WebSocket doors) and
+converts the events it yields back to protobuf.  Handlers
 only raise: :class:`server.interceptor.ErrorMappingInterceptor` turns every exception into the
 status the client receives, through the one mapping in :mod:`server.errors`.
 
@@ -11,19 +12,18 @@ taken directly).
 """
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import time
 
 import numpy as np
 
-from gsv import constants as C
-from gsv.errors import GsvError
 from protos.tts.v1 import tts_pb2 as pb
 from protos.tts.v1 import tts_pb2_grpc as pb_grpc
 from server import convert
-from server.errors import Code, RequestError, failure_of, set_request_id
-from server.synthesis import BidiText, SynthesisCall
+from server.audio_format import encode_pcm, wav_container
+from server.errors import Code, RequestError, failure_of
+from server.frontdoor import Audio, FrontDoor, Started
 
 log = logging.getLogger(__name__)
 
@@ -43,42 +43,31 @@ def _deadline(context) -> float | None:
 class TtsService(pb_grpc.TextToSpeechServicer):
     def __init__(self, state):
         self.s = state  # server.app.ServerState: engine, registry, admission, text preparer, metrics, config
+        self.door = FrontDoor(state)  # the request path shared with the HTTP and WebSocket doors
 
     # ------------------------------------------------------------------ shared steps
     def _owner(self, context) -> str:
-        return self.s.auth.owner(_authorization(context))
+        return self.door.owner(_authorization(context))
 
     async def _in_voice_pool(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.s.voice_pool, fn, *args)
-
-    async def _voice(self, voice_id: str, owner: str):
-        voice = self.s.registry.cached(voice_id, owner)
-        return voice if voice is not None else await self._in_voice_pool(self.s.registry.get, voice_id, owner)
-
-    async def _segments(self, text: str, language: str, split: str) -> tuple[list, float]:
-        t0 = time.monotonic()
-        loop = asyncio.get_running_loop()
-        segments = await loop.run_in_executor(self.s.frontend_pool, self.s.text.segments, text, language, split)
-        seconds = time.monotonic() - t0
-        self.s.metrics.frontend.observe(seconds)
-        return segments, seconds
+        return await self.door.in_voice_pool(fn, *args)
 
     def _request(self, config: pb.SynthesisConfig, streaming: bool) -> convert.SynthesisRequest:
-        r = convert.synthesis_from_pb(config, self.s.config.max_audio_seconds, streaming)
-        set_request_id(r.request_id)
-        return r
+        return self.door.named(convert.synthesis_from_pb(config, self.s.config.max_audio_seconds, streaming))
 
-    async def _stream(self, call: SynthesisCall, r: convert.SynthesisRequest, voice, frontend_s):
-        """StreamStart, AudioData..., SynthesisSummary of one call (``frontend_s()`` read at the end)."""
-        yield convert.stream_start_pb(r, voice, self.s.model_id)
-        model_samples, sent, sequence = 0, 0, 0  # model-rate samples (summary); output-rate positions
-        async for x, n in call.audio():
-            yield pb.SynthesizeStreamResponse(audio=pb.AudioData(
-                data=call.converter.encode(x), sequence=sequence, start_sample=sent, num_samples=x.size))
-            sequence, sent, model_samples = sequence + 1, sent + x.size, model_samples + n
-        call.observe_done(model_samples)
-        yield pb.SynthesizeStreamResponse(summary=convert.summary_pb(call.session, call.t0, frontend_s(),
-                                                                     model_samples / C.SAMPLE_RATE))
+    @staticmethod
+    async def _stream(r: convert.SynthesisRequest, events):
+        """The door's events as StreamStart, AudioData..., SynthesisSummary messages."""
+        async with contextlib.aclosing(events):
+            async for ev in events:
+                if isinstance(ev, Audio):
+                    yield pb.SynthesizeStreamResponse(audio=pb.AudioData(
+                        data=encode_pcm(ev.samples, r.encoding), sequence=ev.sequence, start_sample=ev.start_sample,
+                        num_samples=ev.samples.size))
+                elif isinstance(ev, Started):
+                    yield convert.stream_start_pb(r, ev)
+                else:
+                    yield pb.SynthesizeStreamResponse(summary=convert.summary_pb(ev))
 
     # ------------------------------------------------------------------ synthesis
     async def Synthesize(self, request, context):
@@ -86,44 +75,34 @@ class TtsService(pb_grpc.TextToSpeechServicer):
         owner = self._owner(context)
         convert.check_text(request.text, self.s.config.max_text_chars)
         r = self._request(request.config, streaming=False)
-        with self.s.admission.admit():
-            voice = await self._voice(r.voice_id, owner)
-            segments, frontend_s = await self._segments(request.text, r.language or voice.language, r.split)
-            call = SynthesisCall(self.s, r, voice, segments, method="Synthesize", t0=t0, deadline=_deadline(context))
-            try:
-                parts, samples = [], 0
-                async for x, n in call.audio():
-                    parts.append(x)
-                    samples += n
-            finally:
-                call.cancel()
-        audio = call.converter.encode(np.concatenate(parts) if parts else np.zeros(0, np.float32))
+        parts, started, summary = [], None, None
+        async with contextlib.aclosing(self.door.synthesize(r, request.text, owner, method="Synthesize", t0=t0,
+                                                            deadline=_deadline(context))) as events:
+            async for ev in events:
+                if isinstance(ev, Audio):
+                    parts.append(ev.samples)
+                elif isinstance(ev, Started):
+                    started = ev
+                else:
+                    summary = ev
+        audio = encode_pcm(np.concatenate(parts) if parts else np.zeros(0, np.float32), r.encoding)
         if r.encoding == "wav":
-            audio = call.converter.wav(audio)
-        call.observe_done(samples)
+            audio = wav_container(audio, started.sample_rate)
         return pb.SynthesizeResponse(request_id=r.request_id, audio=audio, format=r.format_pb(), seed=r.seed,
-                                     summary=convert.summary_pb(call.session, t0, frontend_s, samples / C.SAMPLE_RATE))
+                                     summary=convert.summary_pb(summary))
 
     async def StreamingSynthesize(self, request, context):
         t0 = time.monotonic()
         owner = self._owner(context)
         convert.check_text(request.text, self.s.config.max_text_chars)
         r = self._request(request.config, streaming=True)
-        with self.s.admission.admit():
-            voice = await self._voice(r.voice_id, owner)
-            segments, frontend_s = await self._segments(request.text, r.language or voice.language, r.split)
-            call = SynthesisCall(self.s, r, voice, segments, method="StreamingSynthesize", t0=t0,
-                                 deadline=_deadline(context))
-            try:
-                async for msg in self._stream(call, r, voice, lambda: frontend_s):
-                    yield msg
-            finally:
-                call.cancel()
+        events = self.door.synthesize(r, request.text, owner, method="StreamingSynthesize", t0=t0,
+                                      deadline=_deadline(context))
+        async for msg in self._stream(r, events):
+            yield msg
 
     async def BidiSynthesize(self, request_iterator, context):
-        """Config first, then text pieces.  Waiting for text holds no admission slot: the request is
-        admitted when its first speakable text arrives, and an idle stream is closed after
-        ``--bidi-idle-timeout`` seconds."""
+        """Config first, then text pieces (see :meth:`server.frontdoor.FrontDoor.bidi`)."""
         t0 = time.monotonic()
         owner = self._owner(context)
         requests = request_iterator.__aiter__()
@@ -131,12 +110,6 @@ class TtsService(pb_grpc.TextToSpeechServicer):
         if first is None or first.WhichOneof("request") != "config":
             raise RequestError(Code.INVALID_ARGUMENT, "the first message must carry the config")
         r = self._request(first.config, streaming=True)
-        self.s.admission.check_open()
-        voice = await self._voice(r.voice_id, owner)
-        language = r.language or voice.language
-        call = SynthesisCall(self.s, r, voice, [], method="BidiSynthesize", t0=t0, deadline=_deadline(context),
-                             input_open=True)
-        tickets, frontend_s, failures = [], [0.0], []
 
         async def next_input():
             msg = await anext(requests, None)
@@ -146,51 +119,9 @@ class TtsService(pb_grpc.TextToSpeechServicer):
                 raise RequestError(Code.INVALID_ARGUMENT, "config may only be sent once, first")
             return msg.input.text, msg.input.flush
 
-        async def speak(text: str) -> bool:
-            try:
-                segments, seconds = await self._segments(text, language, r.split)
-            except GsvError as e:  # an unspeakable piece is skipped; the stream goes on
-                log.info("request %s: skipping a text piece that cannot be spoken (%s)", r.request_id, e)
-                return False
-            frontend_s[0] += seconds
-            if not tickets:
-                tickets.append(self.s.admission.admit())  # the first speakable text admits the request
-            call.append(segments)
-            return True
-
-        async def finish(spoken: bool) -> None:
-            if not spoken:
-                raise RequestError(Code.INVALID_ARGUMENT, "no speakable text was sent before the input ended")
-            call.append([], close=True)
-
-        async def read_input():
-            try:
-                await BidiText(call, next_input, speak, finish, max_chars=self.s.config.max_text_chars,
-                               max_delay=self.s.config.bidi_max_buffer_seconds,
-                               idle_timeout=self.s.config.bidi_idle_timeout).run()
-            except asyncio.CancelledError:
-                raise
-            except BaseException as e:  # noqa: BLE001 - reported by the output side
-                failures.append(e)
-                call.cancel()
-
-        reader = asyncio.ensure_future(read_input())
-        try:
-            try:
-                async for msg in self._stream(call, r, voice, lambda: frontend_s[0]):
-                    if failures:
-                        break
-                    yield msg
-            except RequestError:
-                if not failures:
-                    raise
-            if failures:  # the input side failed (and cancelled the request): report that
-                raise failures[0]
-        finally:
-            reader.cancel()
-            call.cancel()
-            for t in tickets:
-                t.release()
+        events = self.door.bidi(r, owner, next_input, method="BidiSynthesize", t0=t0, deadline=_deadline(context))
+        async for msg in self._stream(r, events):
+            yield msg
 
     # ------------------------------------------------------------------ voices
     async def RegisterVoice(self, request, context):
