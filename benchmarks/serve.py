@@ -94,7 +94,7 @@ def scrape(url: str | None) -> dict[str, float]:
         return {}
     out = {}
     for line in body.splitlines():
-        m = re.match(r"^(tts_ar_batch_size_(?:sum|count)|tts_semantic_tokens_total|tts_audio_seconds_total) ([0-9.e+-]+)$", line)
+        m = re.match(r"^(tts_ar_batch_size_(?:sum|count)|tts_semantic_tokens_total|tts_audio_seconds_total|tts_decoded_audio_seconds_total) ([0-9.e+-]+)$", line)
         if m:
             out[m.group(1)] = float(m.group(2))
     return out
@@ -127,6 +127,9 @@ def summarize(results: list, errors: dict, wall: float, before: dict, after: dic
                                          / count) if count else None
         level["server_tokens_per_second"] = (after.get("tts_semantic_tokens_total", 0)
                                              - before.get("tts_semantic_tokens_total", 0)) / wall
+        emitted = after.get("tts_audio_seconds_total", 0) - before.get("tts_audio_seconds_total", 0)
+        decoded = after.get("tts_decoded_audio_seconds_total", 0) - before.get("tts_decoded_audio_seconds_total", 0)
+        level["decoder_overhead_ratio"] = decoded / emitted if emitted > 0 else None
     return level
 
 
