@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from gsv import constants as C
 from gsv.backends.torch_backend import TorchAudioBackend, TorchGPTBackend
 from gsv.engine import Engine, EngineObserver
 from gsv.sampling import SamplingOptions
@@ -286,3 +287,30 @@ def test_relaxed_windows_decode_less_per_emitted_second(backends):
     assert audio_of(relaxed).size == audio_of(fixed).size
     assert len(relaxed) < len(fixed)
     assert s_relaxed.samples_decoded < s_fixed.samples_decoded
+
+
+def test_stream_near_underrun_gets_its_window_before_a_long_buffer(backends):
+    """Two streams each with a window waiting and room for one in the decoder call: the one whose
+    listener is about to run dry is decoded first, though the other's window was queued first."""
+    chunks = {"long": [], "near": []}
+    opts = SynthesisOptions(sampling=SamplingOptions(seed=4, max_tokens=80, top_k=5))
+    eng = Engine(*backends, max_decode_batch=1)  # fixed chunk sizes: only the order is under test
+    long = Session("long", make_voice(4), make_segments(4, n=1), opts, sink=chunks["long"].append)
+    near = Session("near", make_voice(4), make_segments(4, n=1), opts, sink=chunks["near"].append)
+    eng.submit(long)  # row 0: its windows are created first in every step
+    eng.submit(near)
+    while not (chunks["long"] and chunks["near"]):  # both past their first audio
+        assert eng.ar_step() or eng.decode_step()
+        eng.decode_step()
+    while eng.pending_decodes():  # start from empty queues
+        eng.decode_step()
+    now = time.monotonic()
+    long.t_first_audio = now + 3.0 - long.samples_out / C.SAMPLE_RATE  # 3 s of audio ahead of its listener
+    near.t_first_audio = now + 0.05 - near.samples_out / C.SAMPLE_RATE  # runs dry in 50 ms
+    with eng.cv:
+        jobs = lambda s: sum(1 for j in eng.queues[s] if hasattr(j, "window"))  # noqa: E731
+    while not (jobs(long) and jobs(near)):
+        assert eng.ar_step()
+    out_long, out_near = long.samples_out, near.samples_out
+    eng.decode_step()
+    assert near.samples_out > out_near and long.samples_out == out_long
