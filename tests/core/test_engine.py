@@ -314,3 +314,36 @@ def test_stream_near_underrun_gets_its_window_before_a_long_buffer(backends):
     out_long, out_near = long.samples_out, near.samples_out
     eng.decode_step()
     assert near.samples_out > out_near and long.samples_out == out_long
+
+
+def _queued_window(eng, s) -> bool:
+    with eng.cv:
+        return any(hasattr(j, "window") for j in eng.queues[s])
+
+
+def test_gpt_yields_to_a_window_a_listener_waits_for(backends):
+    """A stream's first window is pending: the GPT step waits until the decoder (another thread) has
+    rendered it; a window whose listener has seconds buffered, or has already run dry, makes no one wait."""
+    import threading
+
+    chunks = []
+    opts = SynthesisOptions(sampling=SamplingOptions(seed=4, max_tokens=80, top_k=5))
+    eng = Engine(*backends, max_decode_batch=1, deadline_chunks=True)
+    s = Session("y", make_voice(4), make_segments(4, n=1), opts, sink=chunks.append)
+    eng.submit(s)
+    while not _queued_window(eng, s):
+        assert eng.ar_step()
+    assert eng.yield_to_decoder(0.0) is False  # no time to wait: returns at once
+    decoder = threading.Thread(target=lambda: (time.sleep(0.05), eng.decode_step()))
+    decoder.start()
+    assert eng.yield_to_decoder(60.0) is True
+    assert chunks and s.samples_out > 0  # it returned because the first audio was rendered
+    decoder.join()
+
+    for buffered_s in (-1.0, 30.0):  # seconds ahead of the listener: already dry, and plenty
+        while eng.pending_decodes():
+            eng.decode_step()
+        s.t_first_audio = time.monotonic() + buffered_s - s.samples_out / C.SAMPLE_RATE
+        while not _queued_window(eng, s):
+            assert eng.ar_step()
+        assert eng.yield_to_decoder(60.0) is False
