@@ -67,7 +67,8 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup", type=int, default=1, help="unmeasured requests before the first level")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="two server specs: HOST:PORT or key=value lists launched here "
-                        "(bundle=DIR,backend=torch|onnx|...,max-live=N,max-queue=N,threads=N)")
+                        "(bundle=DIR,backend=torch|onnx|...,max-live=N,max-queue=N,threads=N; code=CHECKOUT runs "
+                        "that checkout's server, e.g. the previous commit; http=off for servers without HTTP doors)")
     p.add_argument("--protocol", default="grpc",
                    help=f"door(s), comma-separated: {', '.join(doors.PROTOCOLS)} (several: interleaved, with ratios)")
     p.add_argument("--http-server", help="base URL of the server's HTTP port (for http/openai/ws with --server)")
@@ -196,12 +197,18 @@ class LaunchedServer:
             raise SystemExit(f"gsv-bench: error: server spec {spec!r} needs bundle=DIR")
         self.port, self.mport, self.hport = _free_port(), _free_port(), _free_port()
         self.voices = tempfile.mkdtemp(prefix="gsv-bench-voices-")
+        # code=DIR: run the server from another checkout (a previous commit, for before/after in one run);
+        # http=off: no HTTP doors (servers older than them have no --http-port)
+        code, http = opts.pop("code", None), opts.pop("http", "on") != "off"
         cmd = [sys.executable, "-m", "server", "--bundle", opts.pop("bundle"), "--voices", self.voices,
-               "--port", str(self.port), "--metrics-port", str(self.mport), "--host", "localhost",
-               "--http-port", str(self.hport), "--http-host", "127.0.0.1", "--no-playground"]
+               "--port", str(self.port), "--metrics-port", str(self.mport), "--host", "localhost"]
+        if http:
+            cmd += ["--http-port", str(self.hport), "--http-host", "127.0.0.1", "--no-playground"]
         for k, v in opts.items():
             cmd += [f"--{k}", v]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env = dict(os.environ, PYTHONPATH=str(Path(code).resolve())) if code else None
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                                     cwd=str(Path(code).resolve()) if code else None)
         self.target = f"localhost:{self.port}"
         self.metrics = f"http://localhost:{self.mport}/metrics"
         self.http = f"http://127.0.0.1:{self.hport}"
