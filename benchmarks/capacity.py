@@ -92,8 +92,9 @@ def run(args) -> int:
     server = serve.LaunchedServer(",".join(spec), args)
     levels: dict[int, dict] = {}
     try:
-        warm = dict(vars(args), requests=2)
-        asyncio.run(serve.closed_loop(server.target, argparse.Namespace(**warm), 1))
+        if args.warmup:
+            warm = dict(vars(args), requests=args.warmup)
+            asyncio.run(serve.closed_loop(server.target, argparse.Namespace(**warm), 1))
 
         def measure(n: int) -> bool:
             level_args = argparse.Namespace(**dict(vars(args), requests=n * args.rounds))

@@ -22,6 +22,7 @@ configurations level by level, interleaved, in one run and reports ratios (B / A
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -244,9 +245,10 @@ def machine() -> dict:
 def sweep(servers: list[tuple[str, str, str | None]], args) -> dict[str, tuple[list, list]]:
     """Run every level on every server ``(label, target, metrics_url)``, interleaved level by level
     (A B, then B A at the next level, ...), so drift of a shared machine hits both alike."""
-    for _, target, _ in servers:
-        for _ in range(args.warmup):
-            asyncio.run(closed_loop(target, args, 1))
+    if args.warmup:
+        warm = argparse.Namespace(**dict(vars(args), requests=args.warmup))  # --warmup requests, one at a time
+        for _, target, _ in servers:
+            asyncio.run(closed_loop(target, warm, 1))
     out = {label: ([], []) for label, _, _ in servers}
     steps = [("concurrency", int(x)) for x in args.concurrency.split(",") if x]
     steps += [("rate", float(r)) for r in args.rates.split(",") if r]
