@@ -56,3 +56,17 @@ def test_capacity_end_to_end_on_the_tiny_bundle(tiny_full_bundle, tmp_path):
     # a tiny model streams far faster than real time; an underrun on a loaded CI machine stops the search early
     expected = 0 if not levels[1]["passed"] else (2 if levels.get(2, {}).get("passed") else 1)
     assert report["max_streams"] == expected and report["recommended_max_live"] == max(expected, 1)
+
+
+def test_memory_reports_the_server_peak_rss(tiny_full_bundle, tmp_path):
+    x, sr = speechlike()
+    ref = tmp_path / "ref.wav"
+    ref.write_bytes(wav_bytes(x, sr))
+    out = tmp_path / "memory.json"
+    assert main(["memory", "--launch", f"bundle={tiny_full_bundle.path},backend=torch", "--ref-audio", str(ref),
+                 "--ref-text", "我们在北京。", "--ref-lang", "zh", "--lang", "zh", "--requests", "2",
+                 "--max-audio-seconds", "1", "--out", str(out)]) == 0
+    (s,) = json.loads(out.read_text())["servers"]
+    assert s["audio_seconds"] > 0
+    assert 100 << 20 < s["rss_ready_bytes"] <= s["peak_rss_bytes"]  # a torch process: >100 MiB, peak >= any reading
+    assert s["rss_after_requests_bytes"] <= s["peak_rss_bytes"]
