@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from clients import TtsClient, TtsError
 from protos.tts.v1 import tts_pb2 as pb
 from tests.conftest import speechlike, wav_bytes
-from tests.server.harness import start_server
+from tests.server.harness import metric, start_server
 
 REF_TEXT = "我们在北京。"
 TEXT = "你好，欢迎来到北京。今天天气很好。"
@@ -33,11 +33,6 @@ def server(tiny_full_bundle, tmp_path_factory):
 def client(server):
     with TtsClient(server.target, timeout=120) as c:
         yield c
-
-
-def metric(server, name, labels=None) -> float:
-    v = server.state.metrics.registry.get_sample_value(name, labels or {})
-    return 0.0 if v is None else v
 
 
 def test_health_and_config(server, client):
