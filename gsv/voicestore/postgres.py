@@ -38,6 +38,7 @@ CHANNEL = "gsv_voices"
 MIGRATION_LOCK = 0x67737600766F6963  # advisory lock id held while migrating
 MIGRATION_FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 POOL_TIMEOUT = 2.0  # seconds a call waits for a connection before the database counts as unreachable
+DOWN_TIMEOUT = 0.5  # the same while the listener knows the database is down
 CONNECT_TIMEOUT = 3  # libpq connect_timeout (seconds)
 LISTEN_POLL = 0.5  # the listener checks for shutdown this often
 HEARTBEAT = 5.0  # an idle listener connection is checked this often (a dead peer sends nothing)
@@ -103,7 +104,8 @@ class PostgresBackend(VoiceBackend):
         from psycopg_pool import PoolClosed, PoolTimeout
 
         try:
-            with self._pool.connection() as conn:
+            # while the listener knows the database is down, fail fast instead of waiting the full timeout
+            with self._pool.connection(timeout=None if self.up else DOWN_TIMEOUT) as conn:
                 if write:
                     with conn.transaction():
                         yield conn
@@ -301,6 +303,12 @@ class PostgresBackend(VoiceBackend):
         if changed:
             (log.info if up else log.warning)("voice database %s %s", self.location,
                                               "reachable again" if up else "unreachable")
+        if changed and up:
+            # the pool's own reconnection attempts back off exponentially: start fresh ones now
+            try:
+                self._pool.drain()
+            except Exception:  # noqa: BLE001 - the pool recovers by itself anyway, only later
+                log.debug("voice pool drain failed", exc_info=True)
 
     def _emit(self, owner: str | None, voice_id: str | None) -> None:
         with self._lock:
