@@ -209,17 +209,19 @@ async def drain(state: ServerState, server, health_servicer, interceptor, http=N
     """Refuse new work (UNAVAILABLE), let in-flight streams finish up to the grace period, stop.
 
     Health turns NOT_SERVING first and, for ``drain_notice_seconds`` (or until nothing is in
-    flight), new calls still reach this server and get UNAVAILABLE; then the gRPC port stops
+    flight), new calls still reach this server and get UNAVAILABLE with a retry hint that points
+    past the notice period; then the gRPC port stops
     accepting connections while the streams in flight go on, so a load balancer in front sends new
     calls to other replicas (a refused connection is retried there; an UNAVAILABLE is not).
     Requests still running at the end of the grace period are cancelled (their clients see
     CANCELLED or UNAVAILABLE); that is expected and logged as one line, not as errors."""
-    state.admission.draining = True
-    for name in ("", SERVICE_NAME):
-        await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.NOT_SERVING)
     t0 = time.monotonic()
     deadline = t0 + state.config.drain_grace_seconds
     notice_end = t0 + min(state.config.drain_notice_seconds, state.config.drain_grace_seconds)
+    state.admission.port_closes_at = notice_end  # refusals tell clients to retry after it
+    state.admission.draining = True
+    for name in ("", SERVICE_NAME):
+        await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.NOT_SERVING)
     while state.in_flight > 0 and time.monotonic() < notice_end:
         await asyncio.sleep(0.05)
     # grpcio stops listening and refuses new calls now; calls in flight run until the grace ends
