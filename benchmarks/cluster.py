@@ -6,10 +6,13 @@ For each replica count N, a local cluster of real processes (the machinery of sc
 PostgreSQL, N gsv-serve replicas, nginx in front) with a voice registered through the balancer:
 
 * with N = 1, the balancer's overhead: time to first audio at concurrency 1 through nginx and
-  directly to the replica, request by request interleaved (A B, B A, ...) so drift hits both alike;
+  directly to the replica, request by request interleaved (A B, B A, ...) so drift hits both alike,
+  and the round trip of a unary call that does no synthesis (the proxy hop alone);
 * a closed loop of ``--concurrency`` streams through nginx: aggregate audio seconds per wall second,
   time to first audio, and each replica's requests and audio seconds (from its own metrics) with
-  their spread ((max - min) / mean);
+  their spread ((max - min) / mean).  Two more spreads tell the balancer from the machine: of each
+  replica's streams in progress (sampled every 50 ms: what least_conn balances) and of its CPU
+  seconds (replicas sharing too few cores make audio in proportion to the CPU they get);
 * voice-store queries per request, summed over the replicas' ``tts_voice_store_queries_total``
   (the voice is in every replica's cache after its first use: 0 is expected).
 
@@ -25,6 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,7 +37,9 @@ import numpy as np
 from benchmarks import doors
 from benchmarks.serve import closed_loop, machine, replica_figures, scrape_replicas, summarize
 from clients.tts_client import AsyncTtsClient, TtsClient
+from protos.tts.v1 import tts_pb2 as pb
 
+RTT_PAIRS = 300
 TEXT = ["The quick brown fox jumps over the lazy dog.", "Welcome back, traveler. The gates open at dawn."]
 
 
@@ -74,11 +80,54 @@ async def _overhead(direct: str, balanced: str, args) -> dict:
                 r = await clients[name].stream(texts[i % len(texts)], "bench", language=args.lang,
                                                seed=args.seed + i, max_audio_seconds=args.max_audio_seconds)
                 ttfa[name].append(r.ttfa_ms)
+        rtt = {"direct": [], "balancer": []}  # the proxy hop alone: a unary call that does no synthesis
+        for i in range(RTT_PAIRS):
+            for name in (("direct", "balancer") if i % 2 == 0 else ("balancer", "direct")):
+                t0 = time.perf_counter()
+                await clients[name].stub.GetServerConfig(pb.GetServerConfigRequest(), timeout=10)
+                rtt[name].append(1000 * (time.perf_counter() - t0))
     d, b = np.array(ttfa["direct"]), np.array(ttfa["balancer"])
-    return {"pairs": int(d.size), "ttfa_ms_p50_direct": float(np.median(d)), "ttfa_ms_p50_balancer": float(np.median(b)),
+    rd, rb = np.array(rtt["direct"]), np.array(rtt["balancer"])
+    return {"unary_rtt_ms_p50_direct": float(np.median(rd)), "unary_rtt_ms_p50_balancer": float(np.median(rb)),
+            "unary_rtt_ms_p50_added": float(np.median(rb) - np.median(rd)), "unary_pairs": RTT_PAIRS,"pairs": int(d.size), "ttfa_ms_p50_direct": float(np.median(d)), "ttfa_ms_p50_balancer": float(np.median(b)),
             "ttfa_ms_p50_added": float(np.median(b) - np.median(d)),
             "ttfa_ms_added_median_of_pairs": float(np.median(b - d)),
             "ttfa_ms_p95_direct": float(np.percentile(d, 95)), "ttfa_ms_p95_balancer": float(np.percentile(b, 95))}
+
+
+def _spread(xs: list[float]) -> float | None:
+    mean = sum(xs) / len(xs) if xs else 0.0
+    return (max(xs) - min(xs)) / mean if mean else None
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a local process so far."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _StreamSampler(threading.Thread):
+    """Every replica's ``tts_requests_in_flight`` every 50 ms, averaged over the level."""
+
+    def __init__(self, urls: list[str]):
+        super().__init__(daemon=True)
+        self.urls, self.samples, self._stop_event = urls, [], threading.Event()
+
+    def run(self):
+        from server.cluster import scrape
+
+        while not self._stop_event.wait(0.05):
+            rows = [scrape(u) for u in self.urls]
+            if all(rows):
+                self.samples.append([r.get("tts_requests_in_flight", 0.0) for r in rows])
+
+    def stop(self):
+        self._stop_event.set()
+        self.join(5)
+
+    def means(self) -> list[float]:
+        return [float(x) for x in np.mean(self.samples, axis=0)] if self.samples else [0.0] * len(self.urls)
 
 
 def _one_cluster(n: int, args, state_root: Path) -> dict:
@@ -95,19 +144,36 @@ def _one_cluster(n: int, args, state_root: Path) -> dict:
             c.register_voice("bench", Path(args.ref_audio).read_bytes(), args.ref_text, args.ref_lang,
                              consent="benchmark reference voice")
         level_args = _level_args(args)
-        asyncio.run(closed_loop(st["address"], argparse.Namespace(**{**vars(level_args), "requests": 2 * n}), n))
+        # every replica warmed directly (lazy frontend dictionaries, each pool thread): a cold one is
+        # slow for seconds, and least_conn then hands its share of a short run to the warm ones
+        warm = argparse.Namespace(**{**vars(level_args), "requests": 6})
+        for r in st["replicas"]:
+            asyncio.run(closed_loop(r["address"], warm, 3))
         if n == 1:
             out["overhead"] = asyncio.run(_overhead(st["replicas"][0]["address"], st["address"], args))
             print(f"[balancer overhead] {out['overhead']}", file=sys.stderr)
         urls = [r["metrics"] for r in st["replicas"]]
-        before = scrape_replicas(urls)
-        results, wall = asyncio.run(closed_loop(st["address"], level_args, args.concurrency))
+        before, cpu0 = scrape_replicas(urls), [_cpu_seconds(r["pid"]) for r in st["replicas"]]
+        sampler = _StreamSampler(urls)
+        sampler.start()
+        try:
+            results, wall = asyncio.run(closed_loop(st["address"], level_args, args.concurrency))
+        finally:
+            sampler.stop()
         errors: dict[str, int] = {}
         for r in results:
             if doors.is_request_error(r):
                 errors[doors.error_code(r)] = errors.get(doors.error_code(r), 0) + 1
         level = summarize(results, errors, wall, {}, {})
         level.update(replica_figures(urls, before, scrape_replicas(urls)))
+        cpu = [_cpu_seconds(r["pid"]) - c for r, c in zip(st["replicas"], cpu0)]
+        streams = sampler.means()
+        for row, c, m in zip(level["replicas"], cpu, streams):
+            row["cpu_seconds"], row["mean_streams_in_progress"] = c, m
+            row["audio_seconds_per_cpu_second"] = row["audio_seconds"] / c if c else None
+        level["replica_streams_spread"] = _spread(streams)
+        level["replica_cpu_spread"] = _spread(cpu)
+        level["replica_audio_per_cpu_spread"] = _spread([r["audio_seconds_per_cpu_second"] or 0 for r in level["replicas"]])
         level["concurrency"] = args.concurrency
         queries = sum(r["voice_store_queries"] or 0 for r in level["replicas"])
         level["voice_store_queries_per_request"] = queries / max(1, level["ok"])
@@ -135,11 +201,14 @@ def run(args) -> int:
         one = base["level"]["audio_seconds_per_second"]
         report["aggregate_vs_1_replica"] = {str(c["replicas"]): c["level"]["audio_seconds_per_second"] / one
                                             for c in report["clusters"]}
-    report["replica_audio_spread"] = {str(c["replicas"]): c["level"]["replica_audio_spread"] for c in report["clusters"]}
+    for key in ("replica_audio_spread", "replica_streams_spread", "replica_cpu_spread", "replica_audio_per_cpu_spread"):
+        report[key] = {str(c["replicas"]): c["level"][key] for c in report["clusters"]}
     report["voice_store_queries_per_request"] = {str(c["replicas"]): c["level"]["voice_store_queries_per_request"]
                                                  for c in report["clusters"]}
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps({k: report.get(k) for k in ("balancer_overhead", "aggregate_vs_1_replica", "replica_audio_spread",
-                                                 "voice_store_queries_per_request")}, indent=2))
+                                                 "replica_streams_spread", "replica_cpu_spread",
+                                                 "replica_audio_per_cpu_spread", "voice_store_queries_per_request")},
+                     indent=2))
     shutil.rmtree(state_root, ignore_errors=True)
     return 0

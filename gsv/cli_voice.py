@@ -57,7 +57,8 @@ def register(sub) -> None:
     kg.add_argument("--voice-key-file", required=True)
     kg.add_argument("--id", required=True, dest="key_id")
     kg.set_defaults(func=cmd_keygen)
-    rk = vs.add_parser("rotate-key", help="re-encrypt every voice stored with key OLD under key NEW")
+    rk = vs.add_parser("rotate-key", help="re-encrypt every voice stored with key OLD under key NEW (a voices "
+                                          "folder: with its server stopped; a database: while replicas serve)")
     rk.add_argument("--voices", required=True, help="voices folder or postgresql://USER@HOST:PORT/DB")
     rk.add_argument("--voice-key-file", required=True, help="key file holding both keys")
     rk.add_argument("--old", required=True, help="key id to retire ('none': voices stored unencrypted)")
