@@ -88,7 +88,7 @@ def make_voice_preparer(bundle, text: TextPreparer, device: str = "cpu"):
         if hubert.dim != bundle.sovits_config.ssl_dim:
             raise GsvError(f"the bundle's HuBERT has {hubert.dim}-d features but SoVITS expects {bundle.sovits_config.ssl_dim}")
     sv = bundle.load_sv(device) if bundle.is_pro else None
-    return VoicePreparer(bundle, text, sovits=bundle.load_sovits(device), hubert=hubert, sv=sv)
+    return VoicePreparer(bundle, text, sovits=bundle.load_sovits(device, reference_only=True), hubert=hubert, sv=sv)
 
 
 class Synthesizer:

@@ -104,7 +104,7 @@ def build_state(config: ServerConfig) -> ServerState:
     admission = Admission(config.max_live, config.max_queue, config.retry_after_ms, metrics)
     if config.ref_audio_dir is not None and not Path(config.ref_audio_dir).is_dir():
         raise GsvError(f"--ref-audio-dir {config.ref_audio_dir} is not a folder")
-    return ServerState(config, bundle, engine, EngineRunner(engine), registry, text, metrics, backend, precision,
+    return ServerState(config, bundle, engine, EngineRunner(engine, stage_priority=config.stage_priority), registry, text, metrics, backend, precision,
                        Authenticator(config.tokens), admission,
                        ref_files=ReferenceFiles(config.ref_audio_dir, preparer, config.max_reference_bytes))
 

@@ -22,6 +22,7 @@ class ServerConfig:
     max_queue: int = 16
     max_decode_batch: int = 4
     deadline_chunks: bool = True  # cut shorter chunks when a listener would otherwise run dry
+    stage_priority: bool = True  # the GPT step waits while the decoder renders a window a listener waits for
     max_text_chars: int = 2000
     max_audio_seconds: float = 120.0
     max_reference_bytes: int = 4 * 1024 * 1024

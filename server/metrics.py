@@ -5,15 +5,55 @@ points and at RPC boundaries — never computed by scanning state.
 """
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from gsv import constants as C
 from gsv.engine import EngineObserver
 
 LATENCY_BUCKETS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 60)
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2)
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 4)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+OVERHEAD_WINDOW_S = 60.0  # tts_decoder_overhead_ratio looks at the last minute
+
+
+class SlidingRatio:
+    """numerator / denominator summed over the last ``window_s`` seconds (per-second buckets).
+
+    Fed by the engine's decoder thread, read by the metrics scrape: one lock guards the buckets."""
+
+    def __init__(self, window_s: float = OVERHEAD_WINDOW_S, clock=time.monotonic):
+        self.window_s, self.clock = window_s, clock
+        self.lock = threading.Lock()
+        self.buckets: deque[list[float]] = deque()  # [second, numerator, denominator], oldest first
+
+    def add(self, numerator: float = 0.0, denominator: float = 0.0) -> None:
+        now = int(self.clock())
+        with self.lock:
+            if not self.buckets or self.buckets[-1][0] != now:
+                self.buckets.append([now, 0.0, 0.0])
+            self.buckets[-1][1] += numerator
+            self.buckets[-1][2] += denominator
+            self._expire(now)
+
+    def value(self) -> float:
+        """The ratio, or 0.0 when nothing was emitted in the window (Prometheus gauges have no None)."""
+        with self.lock:
+            self._expire(int(self.clock()))
+            num = sum(b[1] for b in self.buckets)
+            den = sum(b[2] for b in self.buckets)
+        return num / den if den > 0 else 0.0
+
+    def _expire(self, now: int) -> None:
+        while self.buckets and self.buckets[0][0] <= now - self.window_s:
+            self.buckets.popleft()
 
 
 class ServerMetrics(EngineObserver):
@@ -38,6 +78,14 @@ class ServerMetrics(EngineObserver):
         self.rtf = Histogram("tts_real_time_factor", "Request compute seconds / audio seconds (lower is faster)",
                              buckets=RTF_BUCKETS, registry=r)
         self.audio_seconds = Counter("tts_audio_seconds_total", "Audio seconds produced", registry=r)
+        self.decoded_audio_seconds = Counter(
+            "tts_decoded_audio_seconds_total", "Audio seconds the vocoder rendered, the windows' context included",
+            registry=r)
+        self.decoder_overhead = SlidingRatio()
+        self.decoder_overhead_ratio = Gauge(
+            "tts_decoder_overhead_ratio", "Decoded / emitted audio seconds over the last minute (1.0 = no wasted "
+            "decoder work; 0 when nothing was emitted)", registry=r)
+        self.decoder_overhead_ratio.set_function(self.decoder_overhead.value)
         self.tokens = Counter("tts_semantic_tokens_total", "Semantic tokens generated", registry=r)
         self.chunks = Counter("tts_audio_chunks_total", "Audio chunks produced", registry=r)
         self.in_flight = Gauge("tts_requests_in_flight", "Requests admitted and not finished", registry=r)
@@ -75,10 +123,14 @@ class ServerMetrics(EngineObserver):
     def on_decode(self, rows: int, seconds: float, audio_seconds: float) -> None:
         self.decode_chunk.observe(seconds)
         self.decoder_batch.observe(rows)
+        self.decoded_audio_seconds.inc(audio_seconds)
+        self.decoder_overhead.add(numerator=audio_seconds)
 
     def on_chunk(self, session, samples: int, underrun: bool) -> None:
         self.chunks.inc()
-        self.audio_seconds.inc(samples / 32000.0)
+        seconds = samples / C.SAMPLE_RATE
+        self.audio_seconds.inc(seconds)
+        self.decoder_overhead.add(denominator=seconds)
         if underrun:
             self.underruns.inc()
 

@@ -1,7 +1,8 @@
 """Runs the engine: the AR scheduler loop and the decoder stage on two threads.
 
 The decoder thread runs concurrently with the AR loop, so audio decoding of ready chunks overlaps
-the next GPT steps.  A backend fault fails the affected requests (INTERNAL), not the server.
+the next GPT steps, except when a listener waits for a window (a first chunk, or a stream about to run
+dry): then the GPT step yields the cores to the decoder (``stage_priority``; bounded wait).  A backend fault fails the affected requests (INTERNAL), not the server.
 """
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ log = logging.getLogger(__name__)
 
 
 class EngineRunner:
-    def __init__(self, engine: Engine):
+    YIELD_TIMEOUT_S = 0.5  # the longest the GPT step waits for urgent decoding (GPT rows need tokens too)
+
+    def __init__(self, engine: Engine, stage_priority: bool = True):
         self.engine = engine
+        self.stage_priority = stage_priority
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -36,6 +40,8 @@ class EngineRunner:
         eng = self.engine
         while not self._stop.is_set():
             try:
+                if self.stage_priority:
+                    eng.yield_to_decoder(self.YIELD_TIMEOUT_S)
                 if not eng.ar_step():
                     eng.wait_for_requests(0.05)
             except Exception as e:  # noqa: BLE001 - a backend fault must not kill the loop

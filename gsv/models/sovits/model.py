@@ -136,6 +136,10 @@ class TextEncoder(nn.Module):
         return y, m, logs, y_mask
 
 
+# the submodules a reference passes through (extract_latent, speaker_embedding, text_condition)
+REFERENCE_PARTS = ("ssl_proj", "quantizer", "ref_enc", "sv_emb", "ge_to512", "prelu")
+
+
 class SoVITS(nn.Module):
     def __init__(self, cfg: SoVITSConfig, with_posterior: bool = False):
         super().__init__()
