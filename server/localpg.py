@@ -12,6 +12,7 @@ import glob
 import logging
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -27,8 +28,28 @@ DB_NAME = "gsv"
 RUN_AS = "postgres"  # the system user PostgreSQL runs as when this process is root
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free 127.0.0.1 TCP port below the kernel's ephemeral range: a server that binds it seconds
+    later (after loading a model) cannot find it taken by some outgoing connection's source port."""
+    low, _ = _ephemeral_range()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(10000, max(10001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # (a crowded machine: any free port)
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
