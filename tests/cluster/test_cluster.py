@@ -115,6 +115,21 @@ def test_a_voice_registered_through_the_balancer_serves_12_streams_spread_over_e
     assert loads == [(2,)]  # registered through one replica (cached there), loaded by the two others
 
 
+def test_gsv_bench_serve_through_the_balancer_reports_every_replica(cluster, tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "serve", "--cluster", str(cluster.state_dir),
+                        "--voice", "alice", "--lang", "zh", "--text", SHORT_TEXT, "--concurrency", "3",
+                        "--requests", "6", "--warmup", "0", "--max-audio-seconds", "1", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    level = json.loads(out.read_text())["levels"][0]
+    rows = level["replicas"]
+    assert [row["metrics"] for row in rows] == [x["metrics"] for x in cluster.replicas]
+    assert sum(row["requests"] for row in rows) == level["ok"] == 6
+    assert sum(row["audio_seconds"] for row in rows) == pytest.approx(level["audio_seconds"], rel=0.01)
+    assert level["replica_audio_spread"] is not None and all(row["voice_store_queries"] == 0 for row in rows)
+
+
 def test_the_http_and_websocket_doors_go_through_the_balancer_too(cluster):
     import asyncio
 
