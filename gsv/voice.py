@@ -225,31 +225,39 @@ class VoiceStore:
     def save(self, voice: Voice, references: list[bytes] | None = None, overwrite: bool = False,
              extra: dict[str, Any] | None = None) -> Path:
         """Write the voice atomically; ``extra`` adds keys to its voice.json (e.g. a display name)."""
-        from safetensors.torch import save_file
+        meta = (extra or {}) | voice.metadata()
+        return self.write(voice.voice_id, meta, features_bytes(voice), references or [], overwrite=overwrite)
 
-        dest = self.path(voice.voice_id)
+    def write(self, voice_id: str, meta: dict[str, Any], features: bytes, references: list[bytes],
+              overwrite: bool = False) -> Path:
+        """Write one voice folder atomically from its parts: ``voice.json`` (``meta`` plus the number
+        of references), ``tensors.safetensors`` (``features``: safetensors bytes, or their encryption)
+        and ``reference_<i>.bin``."""
+        dest = self.path(voice_id)
         if dest.exists() and not overwrite:
-            raise VoiceError(f"voice {voice.voice_id!r} already exists")
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{voice.voice_id}-", dir=self.root))
+            raise VoiceError(f"voice {voice_id!r} already exists")
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{voice_id}-", dir=self.root))
         try:
-            tensors = {"prompt_bert": voice.prompt_bert.float().contiguous(),
-                       "prompt_tokens": voice.prompt_tokens.long().contiguous(),
-                       "ge": voice.ge.float().contiguous()}
-            if voice.sv_emb is not None:
-                tensors["sv_emb"] = voice.sv_emb.float().contiguous()
-            save_file(tensors, str(tmp / "tensors.safetensors"))
-            for i, data in enumerate(references or []):
+            (tmp / "tensors.safetensors").write_bytes(features)
+            for i, data in enumerate(references):
                 (tmp / f"reference_{i}.bin").write_bytes(data)
-            meta = (extra or {}) | voice.metadata() | {"references": len(references or [])}
+            meta = dict(meta) | {"voice_id": voice_id, "references": len(references)}
             (tmp / "voice.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")  # last
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-            replace_dir(tmp, dest, old=self.root / f".tmp-old-{voice.voice_id}-{os.getpid()}")
+            replace_dir(tmp, dest, old=self.root / f".tmp-old-{voice_id}-{os.getpid()}")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return dest
+
+    def read_features(self, voice_id: str) -> bytes:
+        """The stored ``tensors.safetensors`` bytes (encrypted when the voice.json has a ``key_id``)."""
+        try:
+            return (self.path(voice_id) / "tensors.safetensors").read_bytes()
+        except OSError as e:
+            raise VoiceError(f"voice {voice_id!r} is corrupt ({e.strerror})") from None
 
     def metadata(self, voice_id: str) -> dict[str, Any]:
         p = self.path(voice_id) / "voice.json"
@@ -261,24 +269,14 @@ class VoiceStore:
             raise VoiceError(f"voice {voice_id!r} is corrupt ({e})") from None
 
     def load(self, voice_id: str, bundle_id: str | None = None) -> Voice:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         meta = self.metadata(voice_id)
+        if meta.get("key_id"):
+            raise VoiceError(f"voice {voice_id!r} is encrypted (key {meta['key_id']!r}): read it through "
+                             "gsv.voicestore with the key file")
         if bundle_id is not None and meta.get("bundle_id") != bundle_id:
             raise VoiceError(f"voice {voice_id!r} was prepared for another bundle ({meta.get('bundle_id')}); "
                              "re-register it for this bundle")
-        try:
-            t = load_file(str(self.path(voice_id) / "tensors.safetensors"))
-            return Voice(voice_id=meta["voice_id"], language=meta["language"], ref_text=meta["ref_text"],
-                         prompt_phones=list(meta["prompt_phones"]), prompt_bert=t["prompt_bert"],
-                         prompt_tokens=t["prompt_tokens"], ge=t["ge"], bundle_id=meta["bundle_id"],
-                         owner=meta.get("owner", ""), consent=meta.get("consent", ""),
-                         created=meta.get("created", 0.0), version=meta.get("version", 1),
-                         norm_text=meta.get("norm_text", ""), n_aux_refs=meta.get("n_aux_refs", 0),
-                         sv_emb=t.get("sv_emb"))
-        except (SafetensorError, OSError, KeyError, ValueError) as e:
-            raise VoiceError(f"voice {voice_id!r} is corrupt ({e})") from None
+        return voice_from_parts(meta, self.read_features(voice_id))
 
     def references(self, voice_id: str) -> list[bytes]:
         """The original reference files given at registration (main first)."""
@@ -293,6 +291,37 @@ class VoiceStore:
         trash = self.root / f".tmp-del-{voice_id}-{os.getpid()}"
         os.replace(p, trash)  # atomic: the voice disappears at once
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def features_bytes(voice: Voice) -> bytes:
+    """A voice's tensors (prompt BERT features, prompt tokens, speaker vector(s)) as safetensors bytes."""
+    from safetensors.torch import save
+
+    tensors = {"prompt_bert": voice.prompt_bert.float().contiguous(),
+               "prompt_tokens": voice.prompt_tokens.long().contiguous(),
+               "ge": voice.ge.float().contiguous()}
+    if voice.sv_emb is not None:
+        tensors["sv_emb"] = voice.sv_emb.float().contiguous()
+    return save(tensors)
+
+
+def voice_from_parts(meta: dict[str, Any], features: bytes) -> Voice:
+    """The :class:`Voice` of a stored ``voice.json``-shaped description and its safetensors bytes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    vid = meta.get("voice_id", "?")
+    try:
+        t = load(features)
+        return Voice(voice_id=meta["voice_id"], language=meta["language"], ref_text=meta["ref_text"],
+                     prompt_phones=list(meta["prompt_phones"]), prompt_bert=t["prompt_bert"],
+                     prompt_tokens=t["prompt_tokens"], ge=t["ge"], bundle_id=meta["bundle_id"],
+                     owner=meta.get("owner", ""), consent=meta.get("consent", ""),
+                     created=meta.get("created", 0.0), version=meta.get("version", 1),
+                     norm_text=meta.get("norm_text", ""), n_aux_refs=meta.get("n_aux_refs", 0),
+                     sv_emb=t.get("sv_emb"))
+    except (SafetensorError, KeyError, ValueError, TypeError) as e:
+        raise VoiceError(f"voice {vid!r} is corrupt ({e})") from None
 
 
 def _complete_copy(folder: Path) -> dict[str, Any] | None:

@@ -1,10 +1,13 @@
 """``gsv-serve``: the gRPC streaming TTS server (and, with ``--http-port``, its HTTP/WebSocket doors).
 
-    gsv-serve --bundle BUNDLE --voices DIR --port P --metrics-port M [--backend ...] [--max-live N] [--max-queue N]
+    gsv-serve --bundle BUNDLE --voices DIR|postgresql://USER@HOST:PORT/DB [--voice-key-file KEYS.json]
+              --port P --metrics-port M [--backend ...] [--max-live N] [--max-queue N]
               [--http-port H [--ref-audio-dir DIR] [--no-playground]]
 
 Ready when grpc.health.v1 reports SERVING.  SIGTERM drains in-flight streams (up to --grace
-seconds), refusing new ones with UNAVAILABLE, then exits.
+seconds), refusing new ones with UNAVAILABLE (for --drain-notice seconds with the port open and
+health NOT_SERVING, then with the port closed), then exits.  Replicas share voices through
+PostgreSQL (``--voices postgresql://...``); ``--voice-key-file`` encrypts voices at rest.
 """
 from __future__ import annotations
 
@@ -22,7 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gsv-serve", description="GPT-SoVITS gRPC streaming TTS server",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--bundle", required=True, type=Path)
-    p.add_argument("--voices", required=True, type=Path, help="voices folder (created if missing)")
+    p.add_argument("--voices", required=True,
+                   help="voices folder (created if missing), or postgresql://USER@HOST:PORT/DB shared by replicas")
+    p.add_argument("--voice-key-file", type=Path, default=None,
+                   help='JSON {"active": ID, "keys": {ID: base64 32-byte key}}: encrypt voices at rest (AES-GCM); '
+                        "make one with `gsv voice keygen`")
     p.add_argument("--port", type=int, default=50051)
     p.add_argument("--host", default="[::]")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics HTTP port (no auth)")
@@ -48,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-text-chars", type=int, default=2000)
     p.add_argument("--max-audio-seconds", type=float, default=120.0)
     p.add_argument("--grace", type=float, default=30.0, help="seconds to let in-flight streams finish on SIGTERM")
+    p.add_argument("--drain-notice", type=float, default=1.0,
+                   help="seconds after SIGTERM during which health says NOT_SERVING before the gRPC port closes")
     p.add_argument("--bidi-idle-timeout", type=float, default=30.0,
                    help="close a BidiSynthesize stream after this many seconds without text or audio")
     p.add_argument("--http-port", type=int, default=None,
@@ -66,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args):
+    from gsv.voicestore import is_database_url
     from server.config import ServerConfig
 
     tokens = {}
@@ -79,7 +89,8 @@ def config_from_args(args):
         if not tokens:  # never start open when the operator asked for auth
             raise GsvError(f"--tokens {args.tokens} has no tokens; auth would be off")
     try:
-        return ServerConfig(bundle=args.bundle, voices=args.voices, port=args.port, host=args.host,
+        voices = args.voices if is_database_url(args.voices) else Path(args.voices)
+        return ServerConfig(bundle=args.bundle, voices=voices, port=args.port, host=args.host,
                             metrics_port=args.metrics_port, metrics_host=args.metrics_host, backend=args.backend, device=args.device,
                             threads=args.threads, ar_threads=args.ar_threads,
                             decoder_threads=args.decoder_threads, max_live=args.max_live, max_queue=args.max_queue,
@@ -87,6 +98,7 @@ def config_from_args(args):
                             deadline_chunks=not args.no_deadline_chunks,
                             stage_priority=args.stage_priority == "on", max_text_chars=args.max_text_chars,
                             max_audio_seconds=args.max_audio_seconds, drain_grace_seconds=args.grace,
+                            drain_notice_seconds=args.drain_notice, voice_key_file=args.voice_key_file,
                             bidi_idle_timeout=args.bidi_idle_timeout,
                             tls_cert=args.tls_cert, tls_key=args.tls_key, tokens=tokens,
                             reflection=not args.no_reflection, http_port=args.http_port, http_host=args.http_host,

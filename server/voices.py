@@ -1,162 +1,199 @@
-"""Voice registry of the server: VoiceStores on disk plus an in-memory cache, scoped per owner.
+"""Voice registry of the server: a voice store backend plus this replica's cache of prepared voices.
 
-With bearer tokens on, every owner has its own namespace of voice ids (a folder
-``VOICES/_owners/<hash of the owner>/``): two owners may both have a voice "narrator", and no
-answer reveals whether another owner's voice exists — Get/Delete/Synthesize say NOT_FOUND and
-RegisterVoice simply creates the caller's own voice.  Without tokens there is one namespace (the
-voices folder itself).  Every registration records the speaker's consent statement.  A stored
-voice prepared for another bundle is re-prepared from its stored reference audio (or refused),
-never used as is.
+The backend (:mod:`gsv.voicestore`) is the folder store (``--voices DIR``, the default) or
+PostgreSQL shared by every replica (``--voices postgresql://...``); voices go through a
+:class:`gsv.voicestore.vault.VoiceVault`, which encrypts them at rest when a key file is given.
 
-Every method except :meth:`VoiceRegistry.cached` may read or write files (or run the voice
-preparer), so callers on an event loop run them in an executor.
+With bearer tokens on, every owner has its own namespace of voice ids: two owners may both have a
+voice "narrator", and no answer reveals whether another owner's voice exists — Get/Delete/Synthesize
+say NOT_FOUND and RegisterVoice simply creates the caller's own voice.  Without tokens there is one
+namespace.  Every registration records the speaker's consent statement and who submitted it; the
+store's audit trail records register/overwrite/delete, reads (GetVoice) and loads into a replica.
+A stored voice prepared for another bundle is re-prepared from its stored reference audio (or
+refused), never used as is.
+
+The cache is this registry's own (one lock).  A shared backend reports changes committed by other
+replicas (LISTEN/NOTIFY), which drop the cached voice at once; a load that raced with such a change
+is not cached.  While the database is unreachable, cached voices keep synthesizing and everything
+else raises :class:`gsv.errors.StoreUnreachable` (UNAVAILABLE).
+
+Every method except :meth:`VoiceRegistry.cached` may block on files, the database or the voice
+preparer, so callers on an event loop run them in an executor.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
-import os
 import threading
-import time
 
 from gsv.errors import VoiceError
-from gsv.voice import Voice, VoicePreparer, VoiceStore, validate_consent, validate_voice_id
-from server.errors import VoiceExists, VoiceNotFound, VoiceUnavailable, shown
+from gsv.voice import Voice, VoicePreparer, validate_consent, validate_voice_id
+from gsv.voicestore import open_backend
+from gsv.voicestore.base import AuditEvent, VoiceBackend
+from gsv.voicestore.vault import VoiceVault
+from server.errors import StoreUnreachable, VoiceExists, VoiceNotFound, VoiceUnavailable, shown
 
 log = logging.getLogger(__name__)
 
-OWNERS_DIR = "_owners"  # not a valid voice id, so it never collides with a voice folder
+ANONYMOUS = "anonymous"  # who acted, when bearer tokens are off
 
 
 class VoiceRegistry:
-    def __init__(self, root, preparer: VoicePreparer, bundle_id: str, scoped: bool):
-        from pathlib import Path
-
-        self.root, self.preparer, self.bundle_id, self.scoped = Path(root), preparer, bundle_id, scoped
-        self._lock = threading.RLock()  # guards the three dicts/sets below
-        self._stores: dict[str, VoiceStore] = {}
+    def __init__(self, voices, preparer: VoicePreparer | None, bundle_id: str, scoped: bool, *, keyring=None,
+                 actor: str = "gsv-serve"):
+        self.backend: VoiceBackend = (voices if isinstance(voices, VoiceBackend)
+                                      else open_backend(voices, scoped=scoped, actor=actor))
+        self.vault = VoiceVault(self.backend, keyring)
+        self.preparer, self.bundle_id, self.scoped = preparer, bundle_id, scoped
+        self._lock = threading.RLock()  # guards the cache, the registering set and the counters below
         self._cache: dict[tuple[str, str], Voice] = {}
         self._registering: set[tuple[str, str]] = set()
-        self._unscoped = VoiceStore(self.root)  # recovers interrupted writes at start
-        if scoped:
-            self._move_owned_voices()
+        self._epoch = 0  # bumped by every change; a load that saw the epoch move is not cached
+        self.invalidations = 0
+        self.backend.watch(self._changed)
 
     # ------------------------------------------------------------------ namespaces
     def _key(self, owner: str) -> str:
         return owner if self.scoped else ""
 
-    def store(self, owner: str) -> VoiceStore:
-        key = self._key(owner)
-        if not self.scoped:
-            return self._unscoped
-        with self._lock:
-            store = self._stores.get(key)
-            if store is None:
-                digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
-                store = self._stores[key] = VoiceStore(self.root / OWNERS_DIR / digest)
-            return store
+    @staticmethod
+    def _who(owner: str) -> str:
+        return owner or ANONYMOUS
 
-    def _move_owned_voices(self) -> None:
-        """Voices written before namespaces (one folder for everyone) move to their owner's folder."""
-        for vid in self._unscoped.ids():
-            try:
-                owner = self._unscoped.metadata(vid).get("owner", "")
-            except VoiceError:
-                continue
-            dest = self.store(owner).path(vid)
-            if not dest.exists():
-                os.replace(self._unscoped.path(vid), dest)
-                log.info("voice %s moved to the namespace of its owner", vid)
-
-    # ------------------------------------------------------------------ reads
+    # ------------------------------------------------------------------ cache
     def cached(self, voice_id: str, owner: str) -> Voice | None:
-        """The voice if it is in memory (never touches the disk; safe on an event loop)."""
+        """The voice if it is in memory (never touches the store; safe on an event loop)."""
         with self._lock:
             return self._cache.get((self._key(owner), voice_id))
 
+    @property
+    def cache_size(self) -> int:
+        with self._lock:
+            return len(self._cache)
+
+    def _changed(self, namespace: str | None, voice_id: str | None) -> None:
+        """Another replica changed a voice (or, with None, anything may have changed)."""
+        with self._lock:
+            self._epoch += 1
+            if namespace is not None:
+                if self._cache.pop((namespace, voice_id), None) is not None:
+                    self.invalidations += 1
+                return
+            cached = {k: v.version for k, v in self._cache.items()}
+        try:
+            stored = self.backend.versions(list(cached))
+        except StoreUnreachable:
+            return  # checked again at the next reconnect
+        with self._lock:
+            for key, version in cached.items():
+                if stored.get(key) != version and self._cache.pop(key, None) is not None:
+                    self.invalidations += 1
+
+    # ------------------------------------------------------------------ reads
     def get(self, voice_id: str, owner: str) -> Voice:
         validate_voice_id(voice_id)
         voice = self.cached(voice_id, owner)
-        if voice is not None:
-            return voice
-        store = self.store(owner)
-        if not store.exists(voice_id):
-            raise VoiceNotFound(f"unknown voice {shown(voice_id)}")
-        return self._load(store, voice_id, owner)
+        return voice if voice is not None else self._load(voice_id, owner)
 
     def describe(self, voice_id: str, owner: str) -> dict:
-        """The stored metadata of a voice (voice.json)."""
+        """The stored description of a voice (the folder store's voice.json)."""
         validate_voice_id(voice_id)
-        store = self.store(owner)
-        if not store.exists(voice_id):
-            raise VoiceNotFound(f"unknown voice {shown(voice_id)}")
-        return store.metadata(voice_id)
+        ns = self._key(owner)
+        record = self._record(ns, voice_id, features=False)
+        self.backend.audit(AuditEvent("read", ns, voice_id, self._who(owner)))
+        return record.describe()
 
     def list(self, owner: str, language: str = "") -> list[dict]:
-        store, out = self.store(owner), []
-        for vid in store.ids():
-            try:
-                meta = store.metadata(vid)
-            except VoiceError:
-                continue
-            if not language or meta.get("language") == language:
-                out.append(meta)
-        return out
+        return [r.describe() for r in self.backend.list(self._key(owner))
+                if not language or r.meta.get("language") == language]
 
-    def _load(self, store: VoiceStore, voice_id: str, owner: str) -> Voice:
-        meta = store.metadata(voice_id)
-        if meta.get("bundle_id") != self.bundle_id:
-            refs = store.references(voice_id)
-            if not refs:
-                raise VoiceUnavailable(f"voice {shown(voice_id)} was prepared for another model and has no stored "
-                                       "reference; register it again")
-            log.info("voice %s was prepared for bundle %s; re-preparing for %s", voice_id, meta.get("bundle_id"),
-                     self.bundle_id)
-            voice = self.preparer.prepare(voice_id, refs[0], meta["ref_text"], meta["language"], refs[1:],
-                                          owner=meta.get("owner", ""), consent=meta.get("consent", ""))
-            voice = dataclasses.replace(voice, version=int(meta.get("version", 1)),
-                                        created=float(meta.get("created", time.time())))
-            store.save(voice, refs, overwrite=True, extra={"display_name": meta.get("display_name", "")})
+    def _record(self, ns: str, voice_id: str, **blobs):
+        try:
+            return self.backend.get(ns, voice_id, **blobs)
+        except VoiceNotFound:
+            raise VoiceNotFound(f"unknown voice {shown(voice_id)}") from None
+
+    def _load(self, voice_id: str, owner: str) -> Voice:
+        ns = self._key(owner)
+        with self._lock:
+            epoch = self._epoch
+        record = self._record(ns, voice_id, features=True)
+        if record.model_id != self.bundle_id:
+            voice = self._reprepare(ns, voice_id)
         else:
             try:
-                voice = store.load(voice_id, self.bundle_id)
+                voice = self.vault.open(record)
+            except VoiceUnavailable:
+                raise
             except VoiceError as e:
                 raise VoiceUnavailable(str(e)) from None
+        self.backend.audit(AuditEvent("load", ns, voice_id, self._who(owner), detail={"version": voice.version}))
         with self._lock:
-            self._cache[(self._key(owner), voice_id)] = voice
+            if self._epoch == epoch:  # nothing changed while it was read: safe to keep
+                self._cache[(ns, voice_id)] = voice
+        return voice
+
+    def _reprepare(self, ns: str, voice_id: str) -> Voice:
+        record = self._record(ns, voice_id, features=False, references=True)
+        refs = self.vault.references(record)
+        if not refs or self.preparer is None:
+            raise VoiceUnavailable(f"voice {shown(voice_id)} was prepared for another model and has no stored "
+                                   "reference; register it again")
+        log.info("voice %s was prepared for bundle %s; re-preparing for %s", voice_id, record.model_id, self.bundle_id)
+        meta = record.describe()
+        voice = self.preparer.prepare(voice_id, refs[0], meta["ref_text"], meta["language"], refs[1:],
+                                      owner=meta.get("owner", ""), consent=record.consent)
+        voice.version, voice.created = record.version, record.created
+        self.backend.replace_blobs(self.vault.reprepared(record, voice, refs))  # (lost a race: fine, still valid)
         return voice
 
     # ------------------------------------------------------------------ writes
     def register(self, voice_id: str, audio: bytes, text: str, language: str, aux: list[bytes], owner: str,
                  consent: str, display_name: str = "", overwrite: bool = False) -> dict:
-        """Prepare and store a voice; returns its stored metadata."""
+        """Prepare and store a voice; returns its stored description."""
         validate_voice_id(voice_id)
         validate_consent(consent)
-        store, key = self.store(owner), (self._key(owner), voice_id)
+        ns = self._key(owner)
+        key = (ns, voice_id)
         with self._lock:
             if key in self._registering:
                 raise VoiceExists(f"voice {shown(voice_id)} is being registered")
-            if store.exists(voice_id) and not overwrite:
-                raise VoiceExists(f"voice {shown(voice_id)} already exists")
             self._registering.add(key)
         try:
+            if not overwrite and self.backend.exists(ns, voice_id):
+                raise VoiceExists(f"voice {shown(voice_id)} already exists")
             voice = self.preparer.prepare(voice_id, audio, text, language, aux, owner=owner, consent=consent)
-            version = int(store.metadata(voice_id).get("version", 1)) + 1 if store.exists(voice_id) else 1
-            voice = dataclasses.replace(voice, version=version, created=time.time())
-            store.save(voice, [audio, *aux], overwrite=overwrite, extra={"display_name": display_name})
+            record = self.vault.seal(ns, voice, [audio, *aux], display_name=display_name, consent_by=self._who(owner))
+            audit = AuditEvent("register", ns, voice_id, self._who(owner), consent,
+                               {"model_id": self.bundle_id, "encrypted": bool(record.key_id)})
+            try:
+                stored = self.backend.put(record, overwrite=overwrite, audit=audit)
+            except VoiceExists:
+                raise VoiceExists(f"voice {shown(voice_id)} already exists") from None
+            voice.version, voice.created = stored.version, stored.created
             with self._lock:
+                self._epoch += 1
                 self._cache[key] = voice
-            return store.metadata(voice_id)
+            return stored.describe()
         finally:
             with self._lock:
                 self._registering.discard(key)
 
     def delete(self, voice_id: str, owner: str) -> None:
+        """Delete the voice everywhere: its stored copy (row or folder), this cache, and (through the
+        store's notifications) every other replica's cache."""
         validate_voice_id(voice_id)
-        store = self.store(owner)
+        ns = self._key(owner)
+        try:
+            self.backend.delete(ns, voice_id, audit=AuditEvent("delete", ns, voice_id, self._who(owner)))
+        except VoiceNotFound:
+            self._drop(ns, voice_id)  # deleted by another replica (its notice may still be on its way)
+            raise VoiceNotFound(f"unknown voice {shown(voice_id)}") from None
+        self._drop(ns, voice_id)
+
+    def _drop(self, ns: str, voice_id: str) -> None:
         with self._lock:
-            if not store.exists(voice_id):
-                raise VoiceNotFound(f"unknown voice {shown(voice_id)}")
-            store.delete(voice_id)
-            self._cache.pop((self._key(owner), voice_id), None)
+            self._epoch += 1
+            self._cache.pop((ns, voice_id), None)
+
+    def close(self) -> None:
+        self.backend.close()
