@@ -137,7 +137,8 @@ def summarize(results: list, errors: dict, wall: float, before: dict, after: dic
                                              - before.get("tts_semantic_tokens_total", 0)) / wall
         emitted = after.get("tts_audio_seconds_total", 0) - before.get("tts_audio_seconds_total", 0)
         decoded = after.get("tts_decoded_audio_seconds_total", 0) - before.get("tts_decoded_audio_seconds_total", 0)
-        level["decoder_overhead_ratio"] = decoded / emitted if emitted > 0 else None
+        known = "tts_decoded_audio_seconds_total" in after  # servers before the metric: unknown, not 0
+        level["decoder_overhead_ratio"] = decoded / emitted if emitted > 0 and known else None
     return level
 
 
