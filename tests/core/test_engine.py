@@ -42,11 +42,11 @@ def make_segments(seed=0, n=2):
             for i in range(n)]
 
 
-def synth(backends, seed=1, streaming=True, max_tokens=30, **kw):
+def synth(backends, seed=1, streaming=True, max_tokens=30, n_segments=2, deadline_chunks=False, **kw):
     chunks = []
     opts = SynthesisOptions(sampling=SamplingOptions(seed=seed, max_tokens=max_tokens, top_k=5), streaming=streaming, **kw)
-    s = Session(f"r{seed}", make_voice(seed), make_segments(seed), opts, sink=chunks.append)
-    eng = Engine(*backends)
+    s = Session(f"r{seed}", make_voice(seed), make_segments(seed, n=n_segments), opts, sink=chunks.append)
+    eng = Engine(*backends, deadline_chunks=deadline_chunks)
     eng.submit(s)
     eng.run(s)
     return s, chunks
@@ -219,13 +219,7 @@ def test_deadline_chunks_keep_every_sample(backends, monkeypatch):
     import gsv.engine as E
 
     def run(deadline_chunks):
-        chunks = []
-        opts = SynthesisOptions(sampling=SamplingOptions(seed=3, max_tokens=40, top_k=5))
-        s = Session("d", make_voice(3), make_segments(3, n=1), opts, sink=chunks.append)
-        eng = Engine(*backends, deadline_chunks=deadline_chunks)
-        eng.submit(s)
-        eng.run(s)
-        return s, chunks
+        return synth(backends, seed=3, max_tokens=40, n_segments=1, deadline_chunks=deadline_chunks)
 
     monkeypatch.setattr(E, "DEADLINE_MARGIN_S", 1e6)  # every listener is always about to run dry
     s1, urgent = run(True)
@@ -282,13 +276,7 @@ def test_relaxed_windows_decode_less_per_emitted_second(backends, monkeypatch):
     monkeypatch.setattr(E, "time", types.SimpleNamespace(monotonic=lambda: 0.0, perf_counter=time.perf_counter))
 
     def run(deadline_chunks):
-        chunks = []
-        opts = SynthesisOptions(sampling=SamplingOptions(seed=3, max_tokens=80, top_k=5))
-        s = Session("r", make_voice(3), make_segments(3, n=1), opts, sink=chunks.append)
-        eng = Engine(*backends, deadline_chunks=deadline_chunks)
-        eng.submit(s)
-        eng.run(s)
-        return s, chunks
+        return synth(backends, seed=3, max_tokens=80, n_segments=1, deadline_chunks=deadline_chunks)
 
     s_fixed, fixed = run(False)
     s_relaxed, relaxed = run(True)
