@@ -10,6 +10,7 @@ Servers are measured one at a time so they do not push each other out of memory.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -46,7 +47,7 @@ def proc_status(pid: int) -> dict[str, int]:
 
 
 def measure(spec: str, args) -> dict:
-    ready_args = type("A", (), {"token": args.token, "ref_audio": None})()  # register after the first reading
+    ready_args = argparse.Namespace(token=args.token, ref_audio=None)  # register after the first reading
     server = serve.LaunchedServer(spec, ready_args)
     try:
         at_start = proc_status(server.proc.pid)
