@@ -68,10 +68,13 @@ class _Marker:
 
 class Engine:
     def __init__(self, gpt: GPTBackend, audio: AudioBackend, *, max_live: int = 8, max_decode_batch: int = 4,
-                 observer: EngineObserver | None = None, deadline_chunks: bool = False):
+                 observer: EngineObserver | None = None, deadline_chunks: bool = False,
+                 cv: threading.Condition | None = None):
         """``deadline_chunks``: cut a shorter chunk when a stream's listener (playing since its first
         audio) would run dry before the planned chunk is decoded.  For live serving; off by default
-        because it makes chunk boundaries depend on timing (offline output stays reproducible)."""
+        because it makes chunk boundaries depend on timing (offline output stays reproducible).
+        ``cv``: the condition guarding this engine's queues, shared by engines that one scheduler
+        drives (a server with several models), so it can wait for work on any of them."""
         if gpt.config.vocab_size != audio.config.codebook_size + 1:
             raise ValueError("GPT vocabulary and SoVITS codebook do not match")
         self.gpt, self.audio = gpt, audio
@@ -80,7 +83,7 @@ class Engine:
         self.cache = gpt.new_cache()
         self.rows: list[Session] = []  # live GPT rows, in KV-cache row order
         self.waiting: deque[Session] = deque()  # need a prefill (new request or next segment)
-        self.cv = threading.Condition()
+        self.cv = cv if cv is not None else threading.Condition()
         self.queues: dict[Session, deque] = {}  # per-session FIFO of DecodeJob/_Marker
         self.noise_channels = audio.config.inter_channels
         self.deadline_chunks = deadline_chunks
@@ -138,10 +141,11 @@ class Engine:
         """Report rows in use and requests waiting for one (call with ``cv`` held)."""
         self.observer.on_occupancy(len(self.rows), len(self.waiting))
 
-    def ar_step(self) -> bool:
-        """One scheduler iteration; False when there was nothing to do."""
+    def ar_step(self, max_new_rows: int | None = None) -> bool:
+        """One scheduler iteration; False when there was nothing to do.  ``max_new_rows`` caps the
+        requests given a GPT row in this iteration (a scheduler sharing rows between engines)."""
         self._retire_dead()
-        admitted = self._admit()
+        admitted = self._admit(self.max_live if max_new_rows is None else max_new_rows)
         with self.cv:
             self._occupancy()
         if not self.rows:
@@ -160,11 +164,11 @@ class Engine:
         self._end_rows(ended)
         return True
 
-    def _admit(self) -> bool:
+    def _admit(self, max_new: int) -> bool:
         with self.cv:
             batch = []
             positions = 0
-            while self.waiting and len(self.rows) + len(batch) < self.max_live:
+            while self.waiting and len(self.rows) + len(batch) < self.max_live and len(batch) < max_new:
                 s = self.waiting[0]
                 if s.cancelled or s.expired(time.monotonic()):
                     self.waiting.popleft()
@@ -285,6 +289,7 @@ class Engine:
                     self.waiting.appendleft(s)  # next segment of a running request goes first
                 elif s.may_get_more():
                     s.parked = True
+            self._occupancy()  # (a scheduler steps an engine only while it has work: report the change now)
 
     def _retire_dead(self) -> None:
         now = time.monotonic()
@@ -295,6 +300,8 @@ class Engine:
             self.rows = [s for i, s in enumerate(self.rows) if i not in set(dead)]
             for s in sessions:
                 self._finish_now(s, "cancelled" if s.cancelled else ("deadline" if s.expired(now) else s.finish_reason))
+            with self.cv:
+                self._occupancy()
 
     def _finish_now(self, s: Session, reason: str) -> None:
         with self.cv:
@@ -353,6 +360,22 @@ class Engine:
     def pending_decodes(self) -> bool:
         with self.cv:
             return any(self.queues.values())
+
+    def decode_urgency(self) -> tuple | None:
+        """The sort key of this engine's most urgent pending decoder work (None: nothing pending), in the
+        order :meth:`decode_step` serves it: markers (no compute) first, then first chunks, then the
+        nearest playback deadline, then age.  Keys of engines sharing a clock compare, so a scheduler
+        can serve several engines' decoder work in one global order."""
+        best = None
+        with self.cv:
+            for q in self.queues.values():
+                if not q:
+                    continue
+                j = q[0]
+                key = (0, 0.0, 0.0) if isinstance(j, _Marker) else (1 + (not j.first), j.deadline, j.created)
+                if best is None or key < best:
+                    best = key
+        return best
 
     def wait_for_work(self, timeout: float) -> None:
         with self.cv:

@@ -9,6 +9,7 @@ records the bundle it was prepared for and is refused for any other bundle.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 VOICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always used with fullmatch
 VOICE_FORMAT_VERSION = 1
+BUNDLE_ID_RE = re.compile(r"[0-9a-f]{8,64}")  # always used with fullmatch
+MODEL_PARTS_DIR = "models"  # inside a voice folder: its parts re-derived for other bundles
 SILENCE_RMS = 1e-4  # below this (about -80 dBFS) a reference is treated as silent
 CLIP_LEVEL = 0.999
 MAX_CLIPPED_FRACTION = 0.01
@@ -55,10 +58,19 @@ class Voice:
     norm_text: str = ""
     n_aux_refs: int = 0
     sv_emb: torch.Tensor | None = None  # Pro bundles: [1 + n_aux_refs, sv_dim], one embedding per reference
+    model_version: str = ""  # of the bundle it was prepared for (v1, v2, v2Pro, v2ProPlus; "" = unknown, old voice)
+    symbol_version: str = ""  # phone table of the prompt ("" = an old voice: v2)
+    prompt_space: str = ""  # Bundle.prompt_space() of the models whose prompt tokens it holds ("" = unknown)
 
     @property
     def reference_free(self) -> bool:
         return self.prompt_tokens.numel() == 0
+
+    @property
+    def family(self) -> str:
+        """Voices carry over between models of one family: the same phone table (v1, or v2 for v2, v2Pro
+        and v2ProPlus, which also share upstream's semantic tokens)."""
+        return self.symbol_version or "v2"
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -67,7 +79,8 @@ class Voice:
             "bundle_id": self.bundle_id, "owner": self.owner, "consent": self.consent, "created": self.created,
             "version": self.version, "reference_free": self.reference_free, "n_aux_refs": self.n_aux_refs,
             "prompt_tokens": int(self.prompt_tokens.numel()),
-            "speaker_verification": self.sv_emb is not None,
+            "speaker_verification": self.sv_emb is not None, "model_version": self.model_version,
+            "symbol_version": self.family, "prompt_space": self.prompt_space,
         }
 
 
@@ -113,42 +126,70 @@ def check_reference(samples: np.ndarray, sr: int, name: str = "reference audio",
 
 # ---------------------------------------------------------------------------------------- preparation
 class VoicePreparer:
-    """Turns references into a :class:`Voice` with the bundle's SoVITS, HuBERT and BERT."""
+    """Turns references into a :class:`Voice` with the bundle's voice layers (SoVITS reference encoder,
+    SSL projection and quantizer; a :class:`~gsv.models.sovits.model.VoiceEncoder` unless given), HuBERT
+    and BERT (shared objects a server may pass in) and, for Pro bundles, the speaker-verification network.
+
+    A voice has two parts: the **prompt** (transcript phones + BERT features, and the reference's
+    semantic tokens: HuBERT -> SSL projection -> quantizer) and the **timbre** (ge from the reference
+    encoder, for Pro models combined with the speaker-verification embedding of each reference).
+    :meth:`timbre` and :meth:`prompt_tokens` compute each part alone, so a voice can be carried to
+    another model by recomputing only what depends on it."""
 
     def __init__(self, bundle, text, sovits=None, hubert=None, sv=None):
         self.bundle = bundle
         self.text = text  # gsv.pipeline.TextPreparer: prompt text -> (prepared, BERT features)
-        self.sovits = sovits if sovits is not None else bundle.load_sovits()
+        self.sovits = sovits if sovits is not None else bundle.load_voice_encoder()
         self.hubert = hubert
         self.sv = sv if sv is not None or not bundle.is_pro else bundle.load_sv()  # Pro: speaker verification
 
     @torch.no_grad()
     def prepare(self, voice_id: str, ref_audio: str | Path | bytes, ref_text: str, language: str,
                 aux_refs: list[str | Path | bytes] = (), owner: str = "", consent: str = "") -> Voice:
-        from gsv.audio import read_audio, resample_soxr, resample_torchaudio, spectrogram
-
         validate_voice_id(voice_id)
-        wav, sr = read_audio(ref_audio)
-        if not np.all(np.isfinite(wav)):
-            raise AudioError("reference audio contains NaN or infinite samples")
-        wav16 = resample_soxr(wav, sr, C.SSL_SAMPLE_RATE)
-        check_reference(wav16, C.SSL_SAMPLE_RATE)
+        wav, sr = _read_main_reference(ref_audio)
         prompt, prompt_bert = self.text.prompt(ref_text, language)  # also validates the transcript
         if self.hubert is not None:
-            ssl = self.hubert(wav16)
-            tokens = self.sovits.extract_latent(ssl.to(next(self.sovits.parameters()).dtype))[0, 0].cpu().long()
-            prompt_ids, bert = list(prompt.ids), prompt_bert
+            tokens, prompt_ids, bert = self._tokens(wav, sr), list(prompt.ids), prompt_bert
         else:
             # upstream's reference-free mode: no prompt tokens and no prompt text; the reference
             # spectrogram still sets the timbre through ge
             log.warning("no HuBERT model: voice %s is prepared for reference-free synthesis", voice_id)
             tokens = torch.zeros(0, dtype=torch.long)
             prompt_ids, bert = [], torch.zeros(self.bundle.gpt_config.bert_dim, 0)
+        ge, sv = self._timbre([(wav, sr)] + [_read_aux_reference(a, i + 1) for i, a in enumerate(aux_refs)])
+        return Voice(voice_id, language, ref_text, prompt_ids, bert, tokens, ge, self.bundle.bundle_id,
+                     owner=owner, consent=consent, norm_text=prompt.norm_text, n_aux_refs=len(aux_refs), sv_emb=sv,
+                     model_version=self.bundle.model_version, symbol_version=self.bundle.symbol_version,
+                     prompt_space=self.bundle.prompt_space())
+
+    @torch.no_grad()
+    def timbre(self, references: list[str | Path | bytes]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(ge [gin, 1], speaker-verification embeddings [n, sv_dim] or None) of references (main first),
+        as :meth:`prepare` computes them: ge is the mean over the references."""
+        refs = [_read_main_reference(references[0])] + [_read_aux_reference(a, i + 1)
+                                                        for i, a in enumerate(references[1:])]
+        return self._timbre(refs)
+
+    @torch.no_grad()
+    def prompt_tokens(self, ref_audio: str | Path | bytes) -> torch.Tensor:
+        """The prompt's semantic tokens [Ty] of a main reference with this bundle's quantizer (empty
+        without HuBERT: reference-free)."""
+        if self.hubert is None:
+            return torch.zeros(0, dtype=torch.long)
+        return self._tokens(*_read_main_reference(ref_audio))
+
+    def _tokens(self, wav: np.ndarray, sr: int) -> torch.Tensor:
+        from gsv.audio import resample_soxr
+
+        ssl = self.hubert(resample_soxr(wav, sr, C.SSL_SAMPLE_RATE))
+        return self.sovits.extract_latent(ssl.to(next(self.sovits.parameters()).dtype))[0, 0].cpu().long()
+
+    def _timbre(self, refs: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from gsv.audio import resample_torchaudio, spectrogram
+
         ges, svs = [], []
-        for i, src in enumerate([ref_audio, *aux_refs]):
-            w, r = (wav, sr) if i == 0 else read_audio(src)
-            if i:
-                check_reference(w, r, f"auxiliary reference {i}", check_length=False)
+        for w, r in refs:
             w32 = resample_torchaudio(torch.from_numpy(w).unsqueeze(0), r, C.SAMPLE_RATE)
             peak = float(w32.abs().max())
             if peak > 1:
@@ -158,10 +199,26 @@ class VoicePreparer:
                 sv = self.sv(resample_torchaudio(w32, C.SAMPLE_RATE, C.SV_SAMPLE_RATE))  # [1, sv_dim]
                 svs.append(sv[0])
             ges.append(self.sovits.speaker_embedding(spectrogram(w32), sv)[0])
-        ge = torch.stack(ges).mean(0)
-        return Voice(voice_id, language, ref_text, prompt_ids, bert, tokens, ge.cpu(), self.bundle.bundle_id,
-                     owner=owner, consent=consent, norm_text=prompt.norm_text, n_aux_refs=len(aux_refs),
-                     sv_emb=torch.stack(svs).cpu() if svs else None)
+        return torch.stack(ges).mean(0).cpu(), (torch.stack(svs).cpu() if svs else None)
+
+
+def _read_main_reference(ref_audio) -> tuple[np.ndarray, int]:
+    """The main reference (read and checked: 3-10 s of usable audio at 16 kHz)."""
+    from gsv.audio import read_audio, resample_soxr
+
+    wav, sr = read_audio(ref_audio)
+    if not np.all(np.isfinite(wav)):
+        raise AudioError("reference audio contains NaN or infinite samples")
+    check_reference(resample_soxr(wav, sr, C.SSL_SAMPLE_RATE), C.SSL_SAMPLE_RATE)
+    return wav, sr
+
+
+def _read_aux_reference(ref_audio, i: int) -> tuple[np.ndarray, int]:
+    from gsv.audio import read_audio
+
+    w, r = read_audio(ref_audio)
+    check_reference(w, r, f"auxiliary reference {i}", check_length=False)
+    return w, r
 
 
 # ---------------------------------------------------------------------------------------- storage
@@ -261,24 +318,82 @@ class VoiceStore:
             raise VoiceError(f"voice {voice_id!r} is corrupt ({e})") from None
 
     def load(self, voice_id: str, bundle_id: str | None = None) -> Voice:
+        """The stored voice; with ``bundle_id``, as prepared for that bundle: the voice itself when it
+        was prepared for it, else its parts stored for it by :meth:`save_model_parts` (VoiceError
+        when there are none)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         meta = self.metadata(voice_id)
-        if bundle_id is not None and meta.get("bundle_id") != bundle_id:
-            raise VoiceError(f"voice {voice_id!r} was prepared for another bundle ({meta.get('bundle_id')}); "
-                             "re-register it for this bundle")
         try:
             t = load_file(str(self.path(voice_id) / "tensors.safetensors"))
-            return Voice(voice_id=meta["voice_id"], language=meta["language"], ref_text=meta["ref_text"],
-                         prompt_phones=list(meta["prompt_phones"]), prompt_bert=t["prompt_bert"],
-                         prompt_tokens=t["prompt_tokens"], ge=t["ge"], bundle_id=meta["bundle_id"],
-                         owner=meta.get("owner", ""), consent=meta.get("consent", ""),
-                         created=meta.get("created", 0.0), version=meta.get("version", 1),
-                         norm_text=meta.get("norm_text", ""), n_aux_refs=meta.get("n_aux_refs", 0),
-                         sv_emb=t.get("sv_emb"))
+            voice = Voice(voice_id=meta["voice_id"], language=meta["language"], ref_text=meta["ref_text"],
+                          prompt_phones=list(meta["prompt_phones"]), prompt_bert=t["prompt_bert"],
+                          prompt_tokens=t["prompt_tokens"], ge=t["ge"], bundle_id=meta["bundle_id"],
+                          owner=meta.get("owner", ""), consent=meta.get("consent", ""),
+                          created=meta.get("created", 0.0), version=meta.get("version", 1),
+                          norm_text=meta.get("norm_text", ""), n_aux_refs=meta.get("n_aux_refs", 0),
+                          sv_emb=t.get("sv_emb"), model_version=meta.get("model_version", ""),
+                          symbol_version=meta.get("symbol_version", ""), prompt_space=meta.get("prompt_space", ""))
         except (SafetensorError, OSError, KeyError, ValueError) as e:
             raise VoiceError(f"voice {voice_id!r} is corrupt ({e})") from None
+        if bundle_id is None or voice.bundle_id == bundle_id:
+            return voice
+        parts = self.model_parts(voice, bundle_id) if BUNDLE_ID_RE.fullmatch(bundle_id) else None
+        if parts is None:
+            raise VoiceError(f"voice {voice_id!r} was prepared for another bundle ({meta.get('bundle_id')}); "
+                             "re-register it for this bundle")
+        return parts
+
+    # ---- a voice's parts for other bundles: models/<bundle_id>.safetensors beside the voice
+    def _parts_path(self, voice_id: str, bundle_id: str) -> Path:
+        if not BUNDLE_ID_RE.fullmatch(bundle_id):
+            raise VoiceError(f"invalid bundle id {bundle_id[:40]!r}")
+        return self.path(voice_id) / MODEL_PARTS_DIR / f"{bundle_id}.safetensors"
+
+    def save_model_parts(self, voice: Voice, of: Voice) -> None:
+        """Store ``voice`` (``of`` re-derived for another bundle) beside ``of``, atomically; stamped with
+        ``of``'s version and creation time, so parts of a voice since replaced are never used."""
+        from safetensors.torch import save_file
+
+        dest = self._parts_path(of.voice_id, voice.bundle_id)
+        tensors = {"prompt_bert": voice.prompt_bert.float().contiguous(),
+                   "prompt_tokens": voice.prompt_tokens.long().contiguous(), "ge": voice.ge.float().contiguous()}
+        if voice.sv_emb is not None:
+            tensors["sv_emb"] = voice.sv_emb.float().contiguous()
+        meta = {"of": json.dumps([of.version, of.created]), "prompt_phones": json.dumps(list(voice.prompt_phones)),
+                "norm_text": voice.norm_text, "ref_text": voice.ref_text, "model_version": voice.model_version,
+                "symbol_version": voice.family, "prompt_space": voice.prompt_space}
+        dest.parent.mkdir(exist_ok=True)
+        tmp = dest.with_name(f".tmp-{dest.name}-{os.getpid()}-{id(voice)}")
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def model_parts(self, of: Voice, bundle_id: str) -> Voice | None:
+        """``of`` as stored for ``bundle_id`` by :meth:`save_model_parts` (None: none, or stale)."""
+        from safetensors import SafetensorError, safe_open
+
+        path = self._parts_path(of.voice_id, bundle_id)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if json.loads(meta.get("of", "null")) != [of.version, of.created]:
+                    return None  # computed for a voice since registered again
+                t = {k: f.get_tensor(k) for k in f.keys()}
+            return dataclasses.replace(
+                of, prompt_phones=json.loads(meta["prompt_phones"]), prompt_bert=t["prompt_bert"],
+                prompt_tokens=t["prompt_tokens"], ge=t["ge"], sv_emb=t.get("sv_emb"), bundle_id=bundle_id,
+                norm_text=meta.get("norm_text", ""), ref_text=meta.get("ref_text", of.ref_text),
+                model_version=meta.get("model_version", ""), symbol_version=meta.get("symbol_version", ""),
+                prompt_space=meta.get("prompt_space", ""))
+        except (SafetensorError, OSError, KeyError, ValueError) as e:
+            log.warning("voice %s: ignoring unreadable parts for bundle %s (%s)", of.voice_id, bundle_id, e)
+            return None
 
     def references(self, voice_id: str) -> list[bytes]:
         """The original reference files given at registration (main first)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class ServerConfig:
-    bundle: Path
+    bundle: Path | None  # a model (None: only ``bundles`` / ``models_dir``)
     voices: Path
     port: int = 50051
     host: str = "[::]"
@@ -38,6 +38,16 @@ class ServerConfig:
     http_host: str | None = None  # None: the same host as the gRPC port
     ref_audio_dir: Path | None = None  # upstream /tts may name reference files inside this folder
     playground: bool = True  # the browser playground at / (when the HTTP doors are on)
+    bundles: tuple[tuple[str | None, Path], ...] = ()  # more models: (id or None = from the bundle, folder)
+    models_dir: Path | None = None  # every bundle folder inside is a model
+    default_model: str | None = None  # None: the first --bundle, else the first model of --models
+    max_resident_models: int | None = None  # None: no limit (LRU unloading of idle models beyond it)
+    preload: tuple[str, ...] = ()  # loaded at start besides the default model
+
+    @property
+    def model_paths(self) -> list[tuple[str | None, Path]]:
+        """(explicit id or None, folder) of every model named on the command line, in order."""
+        return ([(None, Path(self.bundle))] if self.bundle is not None else []) + [(i, Path(p)) for i, p in self.bundles]
 
     @property
     def metrics_bind_host(self) -> str:
@@ -62,6 +72,12 @@ class ServerConfig:
                           audio_spinning=False)
 
     def __post_init__(self):
+        if self.bundle is None and not self.bundles and self.models_dir is None:
+            raise ValueError("give --bundle (repeatable) and/or --models DIR")
+        if self.max_resident_models is not None and self.max_resident_models < 1:
+            raise ValueError("--max-resident-models must be >= 1")
+        if self.max_resident_models is not None and len(set(self.preload)) > self.max_resident_models:
+            raise ValueError("--preload names more models than --max-resident-models allows")
         if self.max_live < 1 or self.max_queue < 0:
             raise ValueError("max_live must be >= 1 and max_queue >= 0")
         for n in (self.threads, self.ar_threads, self.decoder_threads):

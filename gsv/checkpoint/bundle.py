@@ -136,6 +136,22 @@ class Bundle:
     def bert_dir(self) -> Path | None:
         return self._model_dir("bert")
 
+    def prompt_space(self) -> str:
+        """What a voice's prompt depends on besides its own audio and text: the phone table, the BERT and
+        HuBERT models, the SSL projection and the quantizer (fine-tunes keep the base's).  Bundles with
+        equal keys can share a voice's prompt; only its timbre is model-specific."""
+        if "prompt_space" not in self._cache:
+            h = hashlib.sha256(f"{self.symbol_version}|{self.gpt_config.bert_dim}".encode())
+            for key in ("hubert", "bert"):
+                folder = self._model_dir(key)
+                h.update(f"|{key}:{folder_fingerprint(folder) if folder else 'none'}".encode())
+            semantic = self.tensors(self.manifest["sovits"].get("file", SOVITS_FILE), ("ssl_proj.", "quantizer."))
+            for name in sorted(semantic):
+                if name.endswith("_codebook.embed") or name.startswith("ssl_proj."):
+                    h.update(name.encode() + semantic[name].float().contiguous().numpy().tobytes())
+            self._cache["prompt_space"] = h.hexdigest()[:32]
+        return self._cache["prompt_space"]
+
     @property
     def artifacts(self) -> list[dict[str, Any]]:
         return list(self.manifest.get("artifacts", []))
@@ -185,6 +201,25 @@ class Bundle:
         _load_into(model, sd, self.path / SOVITS_FILE)
         return model.eval().to(device)
 
+    def load_voice_encoder(self, device: str | torch.device = "cpu"):
+        """Only the SoVITS layers that prepare voices (:class:`~gsv.models.sovits.model.VoiceEncoder`),
+        read from ``sovits.safetensors`` without loading the rest of the model."""
+        from gsv.models.sovits.model import VOICE_ENCODER_PREFIXES, VoiceEncoder
+
+        model = VoiceEncoder(self.sovits_config)
+        sd = self.tensors(self.manifest["sovits"].get("file", SOVITS_FILE), VOICE_ENCODER_PREFIXES)
+        _load_into(model, sd, self.path / SOVITS_FILE)
+        return model.eval().to(device)
+
+    def tensors(self, fname: str, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The tensors of one weights file whose names start with one of ``prefixes`` (nothing else is read)."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(self.path / fname), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise BundleError(f"{self.path / fname}: corrupt weights file ({e})") from None
 
     def load_sv(self, device: str | torch.device = "cpu", fuse: bool = True):
         """The speaker-verification network (16 kHz audio -> embedding) of a Pro bundle; ``fuse`` folds its
@@ -198,6 +233,29 @@ class Bundle:
         if fuse:
             model.for_inference()
         return model.eval().to(device)
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+FINGERPRINT_SAMPLES = 16  # 64 KiB blocks hashed per file, spread over it (plus its size and both ends)
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A content key of a model folder (HuBERT, BERT), equal for copies of one folder: every file's
+    name, size and sampled blocks (a changed model rewrites all of its weights; hashing every byte of
+    a 1.3 GB BERT at each start would cost seconds).  Cached per path, size and modification time."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    stat_key = (str(folder),) + tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    if stat_key not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for p in files:
+            size = p.stat().st_size
+            h.update(f"{p.relative_to(folder)}|{size}|".encode())
+            with open(p, "rb") as f:
+                for i in range(FINGERPRINT_SAMPLES + 1):
+                    f.seek(max(0, min(size - 65536, i * size // FINGERPRINT_SAMPLES)))
+                    h.update(f.read(65536))
+        _FINGERPRINTS[stat_key] = h.hexdigest()[:32]
+    return _FINGERPRINTS[stat_key]
 
 
 def _load_into(model: torch.nn.Module, sd: dict, where: Path) -> None:

@@ -81,7 +81,7 @@ class HttpCall:
     def ok(self) -> None:
         if not self._counted:
             self._counted = True
-            self.metrics.requests.labels(self.info.method, "OK").inc()
+            self.metrics.count_request(self.info.method, "OK", self.info.model)
 
     def fail(self, exc: BaseException) -> RequestError:
         failure = report(exc, self.info, self.metrics) if not self._counted else None
