@@ -1,4 +1,4 @@
-"""``gsv synth`` and ``gsv voice add|list|rm`` (registered into the main ``gsv`` command)."""
+"""``gsv synth`` and ``gsv voice add|blend|list|rm`` (registered into the main ``gsv`` command)."""
 from __future__ import annotations
 
 import argparse
@@ -62,6 +62,19 @@ def register(sub) -> None:
     a.add_argument("--consent", default="", help="the speaker's consent statement (recorded with the voice)")
     a.add_argument("--force", action="store_true", help="replace an existing voice")
     a.set_defaults(func=cmd_voice_add)
+    b = vs.add_parser("blend", help="store a new voice blended from 2-4 voices (timbre interpolated by weight)")
+    b.add_argument("--voices", required=True)
+    b.add_argument("--id", required=True, dest="voice_id", help="id of the new voice")
+    b.add_argument("--from", dest="sources", action="append", required=True, metavar="VOICE:WEIGHT",
+                   help="a source voice and its weight (2-4 of them; weights are normalised)")
+    b.add_argument("--bundle", help="blend as prepared for this bundle (sources prepared for another model of its "
+                                    "family are carried to it from their reference audio); default: the bundle the "
+                                    "heaviest source was prepared for")
+    b.add_argument("--reference-free", action="store_true", help="no prompt: the blend sets only the timbre")
+    b.add_argument("--owner", default="")
+    b.add_argument("--consent", default="", help="consent statement (default: the sources' statements)")
+    b.add_argument("--force", action="store_true", help="replace an existing voice")
+    b.set_defaults(func=cmd_voice_blend)
     ls = vs.add_parser("list", help="list voices")
     ls.add_argument("--voices", required=True)
     ls.add_argument("--json", action="store_true")
@@ -140,6 +153,69 @@ def cmd_voice_add(args) -> int:
                              consent=args.consent)
     store.save(voice, [r.read_bytes() for r in refs], overwrite=args.force)
     print(json.dumps(voice.metadata(), ensure_ascii=False))
+    return 0
+
+
+def _blend_source(text: str) -> tuple[str, float]:
+    vid, sep, weight = text.rpartition(":")
+    try:
+        if not sep or not vid:
+            raise ValueError
+        return vid, float(weight)
+    except ValueError:
+        raise GsvError(f"--from {text!r}: expected VOICE:WEIGHT (e.g. alice:0.7)") from None
+
+
+def cmd_voice_blend(args) -> int:
+    from gsv.blend import blend_voices, recipe, rederive
+    from gsv.voice import VoiceStore, validate_voice_id
+
+    validate_voice_id(args.voice_id)
+    store = VoiceStore(args.voices)
+    if store.exists(args.voice_id) and not args.force:
+        raise GsvError(f"voice {args.voice_id!r} already exists (use --force to replace it)")
+    sources = [_blend_source(s) for s in args.sources]
+    for vid, _ in sources:
+        if not store.exists(vid):
+            raise GsvError(f"unknown voice {vid!r} in {args.voices}")
+    bases = [store.load(vid) for vid, _ in sources]
+    families = {v.family for v in bases}
+    if len(families) > 1:
+        raise GsvError(f"cannot blend voices of incompatible versions ({', '.join(sorted(families))} phone sets)")
+    preparer = None
+    if args.bundle:
+        from gsv.checkpoint.bundle import Bundle
+        from gsv.pipeline import TextPreparer, make_voice_preparer
+
+        bundle = Bundle.open(args.bundle)
+        bundle_id = bundle.bundle_id
+        if bundle.symbol_version not in families:
+            raise GsvError(f"the voices belong to {families.pop()} models; {args.bundle} is a {bundle.model_version} "
+                           "model of another phone set")
+    else:
+        bundle_id = bases[max(range(len(sources)), key=lambda i: (sources[i][1], -i))].bundle_id
+    voices = []
+    for base in bases:
+        voice = base if base.bundle_id == bundle_id else store.model_parts(base, bundle_id)
+        if voice is None and args.bundle:
+            if preparer is None:
+                preparer = make_voice_preparer(bundle, TextPreparer.from_bundle(bundle))
+            keep = bool(base.prompt_space) and base.prompt_space == bundle.prompt_space()
+            voice = rederive(preparer, base, store.metadata(base.voice_id), store.references(base.voice_id), keep)
+            store.save_model_parts(voice, base)
+        if voice is None:
+            raise GsvError(f"voice {base.voice_id!r} was prepared for another model than the heaviest source "
+                           f"({bundle_id}); give --bundle to carry the sources to one model")
+        voices.append(voice)
+    weighted = [(v, w) for v, (_, w) in zip(voices, sources)]
+    consent = args.consent.strip() or "blend of " + "; ".join(f"{v.voice_id} (consent: {v.consent[:200]})"
+                                                              for v in voices)
+    voice = blend_voices(args.voice_id, weighted, reference_free=args.reference_free, owner=args.owner,
+                         consent=consent)
+    refs = [store.references(v.voice_id) for v in voices]
+    meta = recipe([(v, w, len(r)) for (v, w), r in zip(weighted, refs)], args.reference_free)
+    store.save(voice, [data for r in refs for data in r], overwrite=args.force, extra={"blend": meta})
+    print(json.dumps(store.metadata(args.voice_id), ensure_ascii=False))
     return 0
 
 

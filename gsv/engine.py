@@ -69,16 +69,20 @@ class _Marker:
 class Engine:
     def __init__(self, gpt: GPTBackend, audio: AudioBackend, *, max_live: int = 8, max_decode_batch: int = 4,
                  observer: EngineObserver | None = None, deadline_chunks: bool = False,
-                 cv: threading.Condition | None = None):
+                 cv: threading.Condition | None = None, decode_call_budget_s: float | None = None):
         """``deadline_chunks``: cut a shorter chunk when a stream's listener (playing since its first
         audio) would run dry before the planned chunk is decoded.  For live serving; off by default
         because it makes chunk boundaries depend on timing (offline output stays reproducible).
         ``cv``: the condition guarding this engine's queues, shared by engines that one scheduler
-        drives (a server with several models), so it can wait for work on any of them."""
+        drives (a server with several models), so it can wait for work on any of them.
+        ``decode_call_budget_s``: windows join a decoder batch only while its estimated time stays
+        within this (the head window always goes): a call cannot be interrupted, so it bounds how long
+        a new stream's first chunk can wait behind it (None: no bound)."""
         if gpt.config.vocab_size != audio.config.codebook_size + 1:
             raise ValueError("GPT vocabulary and SoVITS codebook do not match")
         self.gpt, self.audio = gpt, audio
         self.max_live, self.max_decode_batch = max_live, max_decode_batch
+        self.decode_call_budget_s = decode_call_budget_s
         self.observer = observer or EngineObserver()
         self.cache = gpt.new_cache()
         self.rows: list[Session] = []  # live GPT rows, in KV-cache row order
@@ -131,6 +135,14 @@ class Engine:
 
     def has_work(self) -> bool:
         return bool(self.rows or self.waiting)
+
+    def starting(self) -> tuple[bool, bool]:
+        """(a row is generating its request's first chunk, a new request waits for its prefill): such
+        requests' time to first audio depends on how soon this engine steps and decodes (a scheduler
+        of several engines favours them)."""
+        with self.cv:
+            return (any(s.jobs_scheduled == 0 for s in self.rows),
+                    any(s.t_started is None for s in self.waiting))
 
     def idle(self) -> bool:
         with self.cv:
@@ -361,29 +373,33 @@ class Engine:
         with self.cv:
             return any(self.queues.values())
 
-    def decode_urgency(self) -> tuple | None:
-        """The sort key of this engine's most urgent pending decoder work (None: nothing pending), in the
-        order :meth:`decode_step` serves it: markers (no compute) first, then first chunks, then the
-        nearest playback deadline, then age.  Keys of engines sharing a clock compare, so a scheduler
-        can serve several engines' decoder work in one global order."""
-        best = None
+    def decode_urgency(self) -> tuple[bool, tuple | None]:
+        """(markers to apply?, key of the most urgent pending window or None): (not a first chunk,
+        playback deadline, creation time, tokens), sorting in the order :meth:`decode_step` serves
+        windows: first chunks, then the nearest playback deadline, then age.
+        Keys of engines sharing a clock compare, so a scheduler can serve several engines' decoder
+        work in one global order (applying markers, which need no compute, as they come)."""
+        markers, best = False, None
         with self.cv:
             for q in self.queues.values():
-                if not q:
-                    continue
-                j = q[0]
-                key = (0, 0.0, 0.0) if isinstance(j, _Marker) else (1 + (not j.first), j.deadline, j.created)
-                if best is None or key < best:
-                    best = key
-        return best
+                for j in q:
+                    if isinstance(j, _Marker):
+                        markers = True
+                        continue
+                    key = (not j.first, j.deadline, j.created, j.codes.numel())
+                    if best is None or key < best:
+                        best = key
+                    break
+        return markers, best
 
     def wait_for_work(self, timeout: float) -> None:
         with self.cv:
             if not any(self.queues.values()):
                 self.cv.wait(timeout)
 
-    def decode_step(self) -> bool:
-        """Decode one batch of pending windows and emit their audio; False when nothing was pending."""
+    def decode_step(self, decode: bool = True) -> bool:
+        """Decode one batch of pending windows and emit their audio; False when nothing was pending.
+        Markers at the head of a queue are applied first; ``decode=False`` applies only them."""
         with self.cv:
             heads = []
             for s, q in self.queues.items():
@@ -393,7 +409,7 @@ class Engine:
                     heads.append((s, q[0]))
             decodes = [(s, j) for s, j in heads if isinstance(j, DecodeJob)]
             decodes.sort(key=lambda sj: (not sj[1].first, sj[1].deadline, sj[1].created))
-            batch = self._pick_decode_batch(decodes)
+            batch = self._pick_decode_batch(decodes) if decode else []
             for s, j in batch:
                 self.queues[s].popleft()
             markers_before = [(s, j) for s, j in heads if isinstance(j, _Marker)]
@@ -447,11 +463,14 @@ class Engine:
         batch, useful, longest = [head], head[1].codes.numel(), head[1].codes.numel()
         if head[1].session.options.speed != 1.0:
             return batch
+        budget = self.decode_call_budget_s
         for sj in decodes[1:]:
             if len(batch) >= self.max_decode_batch:
                 break
             n = sj[1].codes.numel()
             if sj[1].session.options.speed != 1.0:
+                continue
+            if budget is not None and (len(batch) + 1) * max(longest, n) * self.decode_s_per_token > budget:
                 continue
             if (useful + n) / ((len(batch) + 1) * max(longest, n)) >= DECODE_BATCH_FILL:
                 batch.append(sj)

@@ -102,7 +102,8 @@ def build_engine(config: ServerConfig, metrics: ServerMetrics, runner: EngineRun
     """A model's backends and engine (on the runner's condition), warmed up unless told otherwise."""
     gpt, audio = open_backends(model.bundle, model.backend, device=config.device, threads=config.thread_plan())
     engine = Engine(gpt, audio, max_live=config.max_live, max_decode_batch=config.max_decode_batch,
-                    observer=metrics.for_model(model.model_id), deadline_chunks=config.deadline_chunks, cv=runner.cv)
+                    observer=metrics.for_model(model.model_id), deadline_chunks=config.deadline_chunks, cv=runner.cv,
+                    decode_call_budget_s=config.decode_call_budget_s)
     if warm:
         warm_up_engine(engine)
     return engine

@@ -21,6 +21,9 @@ class ServerConfig:
     max_live: int = 8
     max_queue: int = 16
     max_decode_batch: int = 4
+    # a decoder call batches windows only up to this estimated time, so a new stream's first chunk
+    # never waits behind a long call (measured: see README "Many models in one server")
+    decode_call_budget_s: float | None = 0.25
     deadline_chunks: bool = True  # cut shorter chunks when a listener would otherwise run dry
     max_text_chars: int = 2000
     max_audio_seconds: float = 120.0

@@ -155,10 +155,11 @@ class Model:
         return self.bundle.model_version if self.bundle is not None else ""
 
     def preparer(self):
-        """The model's VoicePreparer (its small voice layers; built on first use, kept while it serves)."""
+        """The model's VoicePreparer (its small voice layers; built on first use, kept while it serves).
+        FAILED_PRECONDITION when the model's files cannot give one (the request is not at fault)."""
         with self._kit_lock:
             if self._preparer is None:
-                self._preparer = self._shared.preparer(self.bundle)
+                self._preparer = self._unusable_as(lambda: self._shared.preparer(self.bundle))
             return self._preparer
 
     def drop_preparer(self) -> None:
@@ -171,8 +172,14 @@ class Model:
         first use: call off the event loop)."""
         with self._kit_lock:
             if self._text is None:
-                self._text = self._shared.text(self.bundle)
+                self._text = self._unusable_as(lambda: self._shared.text(self.bundle))
             return self._text
+
+    def _unusable_as(self, make):
+        try:
+            return make()
+        except (GsvError, OSError) as e:
+            raise RequestError(Code.FAILED_PRECONDITION, f"model {self.model_id} cannot be used: {e}") from None
 
     @property
     def languages(self) -> tuple[str, ...]:

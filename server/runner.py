@@ -9,6 +9,9 @@ share the machine between the engines:
   admitted requests, one batched decode step over all of its live rows).  Every live stream so gets
   one token per round whatever its model, and a model's share of the GPT time follows its live rows
   (its step costs more with more rows): no model waits more than one round, however flooded another is.
+  An engine with a *starting* request (one still waiting for its first audio window) gets
+  :data:`STARTUP_VISITS` visits per round until that window is out: a new stream's first chunk does
+  not queue behind a flooded model's playing streams, which have audio buffered.
 * **GPT rows — one budget, shared max-min fairly.**  ``--max-live`` bounds the rows of all models
   together; at the start of a round the free rows go one at a time to the waiting model that has the
   fewest rows (so a model with no row is served before a flooded one gets more).  Rows are never taken
@@ -27,12 +30,22 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from gsv.engine import Engine
 
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.05  # longest sleep without work (stop is checked this often)
+# Visits per round of an engine with a starting request (one waiting for its first audio window): its
+# first chunk's tokens come that much faster, at the expense of streams already playing (which have
+# audio buffered).  Every engine still gets a visit every round: nobody starves.
+STARTUP_VISITS = 3
+# While a request's first window is being generated, the decoder does not start a window that is not
+# needed yet — its listener keeps at least this much audio beyond the window's estimated decode time —
+# so the first chunk does not queue behind a long call of buffered work (on a CPU a call cannot be
+# interrupted; a flooded model's relaxed windows take hundreds of milliseconds).
+DEFER_MARGIN_S = 0.3
 
 
 class EngineRunner:
@@ -119,6 +132,15 @@ class EngineRunner:
             free -= 1
         return share
 
+    @staticmethod
+    def round_of(busy: list[Engine]) -> list[tuple[Engine, bool]]:
+        """The visits of one round, (engine, first visit of the round): every engine once, an engine with
+        a starting request :data:`STARTUP_VISITS` times (when another engine shares the round)."""
+        if len(busy) == 1:
+            return [(busy[0], True)]
+        starting = {e for e in busy if any(e.starting())}
+        return [(e, k == 0) for k in range(STARTUP_VISITS) for e in busy if k == 0 or e in starting]
+
     def _ar_loop(self) -> None:
         while not self._stop.is_set():
             with self.cv:
@@ -131,11 +153,11 @@ class EngineRunner:
                 shares = self.row_shares(busy)
             self._turn += 1
             progressed = False
-            for engine in busy:
+            for engine, first_visit in self.round_of(busy):
                 if not self._enter("ar", engine):
                     continue
                 try:
-                    progressed = engine.ar_step(shares[engine]) or progressed
+                    progressed = engine.ar_step(shares[engine] if first_visit else 0) or progressed
                 except Exception as e:  # noqa: BLE001 - a backend fault must not kill the loop
                     log.exception("GPT step failed; failing the live requests of this model")
                     engine.fail_all(e)
@@ -146,27 +168,52 @@ class EngineRunner:
                     self.cv.wait(IDLE_WAIT_S)
 
     # ------------------------------------------------------------------ decoder stage
-    def _most_urgent(self) -> Engine | None:
-        best, best_key = None, None
-        for engine in self.engines:
-            key = engine.decode_urgency()
+    def _decoder_pass(self) -> float:
+        """Apply every engine's pending markers, then decode one batch of the engine with the most
+        urgent window; returns how long to sleep before the next pass (0: go on at once)."""
+        best, best_key, did = None, None, False
+        engines = self.engines
+        for engine in engines:
+            markers, key = engine.decode_urgency()
+            if markers and self._enter("decoder", engine):
+                try:
+                    did = engine.decode_step(decode=False) or did
+                finally:
+                    self._leave("decoder")
             if key is not None and (best_key is None or key < best_key):
                 best, best_key = engine, key
-        return best
+        if best is None:
+            return 0.0 if did else IDLE_WAIT_S
+        not_first, deadline, _, tokens = best_key
+        if not_first and self._start_pending(engines):
+            spare = deadline - time.monotonic() - tokens * best.decode_s_per_token - DEFER_MARGIN_S
+            if spare > 0:  # a first chunk is coming and this window can wait
+                return 0.0 if did else min(spare, IDLE_WAIT_S)
+        if not self._enter("decoder", best):
+            return 0.0
+        try:
+            best.decode_step()
+        finally:
+            self._leave("decoder")
+        return 0.0
+
+    def _start_pending(self, engines: list[Engine]) -> bool:
+        """A request is about to need its first window: one generating its first chunk, or a new one
+        waiting for its prefill while a GPT row is free."""
+        starting = [e.starting() for e in engines]
+        if any(rows for rows, _ in starting):
+            return True
+        with self.cv:
+            free = self.max_live - sum(e.live for e in self._engines)
+        return free > 0 and any(waiting for _, waiting in starting)
 
     def _decoder_loop(self) -> None:
         while not self._stop.is_set():
-            engine = self._most_urgent()
-            if engine is None:
-                with self.cv:
-                    if not any(e.decode_urgency() is not None for e in self._engines):
-                        self.cv.wait(IDLE_WAIT_S)
-                continue
-            if not self._enter("decoder", engine):
-                continue
             try:
-                engine.decode_step()
+                sleep = self._decoder_pass()
             except Exception:  # noqa: BLE001 - decode_step already fails the affected requests
                 log.exception("decoder stage error")
-            finally:
-                self._leave("decoder")
+                sleep = IDLE_WAIT_S
+            if sleep > 0:
+                with self.cv:  # woken early when any engine queues work
+                    self.cv.wait(sleep)

@@ -321,7 +321,7 @@ async def encoded_audio(state, events, encoder, stream: bool, meta: dict) -> Asy
                     pending.clear()
             elif isinstance(ev, Started):
                 meta["headers"].update({"x-request-id": ev.request_id, "x-seed": str(ev.seed),
-                                        "x-sample-rate": str(encoder.rate)})
+                                        "x-sample-rate": str(encoder.rate), "x-model-id": ev.model_id})
                 pending += encoder.start()
             else:
                 meta["summary"] = ev
