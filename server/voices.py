@@ -30,7 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-from gsv.blend import blend_voices, recipe, rederive
+from gsv.blend import blend_voices, normalise_weights, recipe, rederive
 from gsv.errors import VoiceError
 from gsv.voice import Voice, VoicePreparer, VoiceStore, validate_consent, validate_voice_id
 from server.errors import VoiceExists, VoiceIncompatible, VoiceNotFound, VoiceUnavailable, shown
@@ -221,6 +221,9 @@ class VoiceRegistry:
         looked up in the caller's namespace only: another owner's voice is NOT_FOUND."""
         for source_id, _ in sources:
             validate_voice_id(source_id)
+        normalise_weights([w for _, w in sources])  # bad counts or weights are refused before any lookup
+        if len({vid for vid, _ in sources}) != len(sources):
+            raise VoiceError("a blend names each source voice once")
         target = target or self.default
 
         def make(store: VoiceStore):
