@@ -46,6 +46,9 @@ class ServerConfig:
     default_model: str | None = None  # None: the first --bundle, else the first model of --models
     max_resident_models: int | None = None  # None: no limit (LRU unloading of idle models beyond it)
     preload: tuple[str, ...] = ()  # loaded at start besides the default model
+    # ONNX Runtime's pre-packed weight copies: None = on for one model, off when the server holds several
+    # (they cost ~18% of a full-size model's weights; measured in README "Many models in one server")
+    onnx_prepack: bool | None = None
 
     @property
     def model_paths(self) -> list[tuple[str | None, Path]]:
@@ -61,6 +64,14 @@ class ServerConfig:
     @property
     def http_bind_host(self) -> str:
         return self.http_host if self.http_host is not None else self.host
+
+    def memory_plan(self, models: int):
+        """Sessions of a server holding ``models`` models: one shared activation arena always (models
+        never need their peaks at once), pre-packed weights only for one model unless told otherwise."""
+        from gsv.backends.base import MemoryPlan
+
+        prepack = self.onnx_prepack if self.onnx_prepack is not None else models <= 1
+        return MemoryPlan(shared_arena=True, prepack=prepack)
 
     def thread_plan(self):
         """Threads of the two concurrent stages; the decoder's idle threads sleep instead of spinning.
