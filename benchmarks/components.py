@@ -6,7 +6,9 @@ For each backend (through the same interface the engine uses, KV-cache writes in
   cache, divided by B (B = 1 and 8); ``gpt_decode_ms_per_step`` is the undivided step time.  Every
   timed step runs at the same context (the cache length is rolled back after each step);
 * ``prefill_ms_200``: prefill of one row of 200 positions (100 phones + 100 prompt tokens);
-* ``decoder_vocoder_ms_per_audio_second``: sovits decoder + vocoder of a 2 s window (50 tokens).
+* ``decoder_vocoder_ms_per_audio_second``: sovits decoder + vocoder of a 2 s window (50 tokens);
+* ``compute_floor``: the FLOPs of prefill and decoder+vocoder over the matmul / Conv1d rates this
+  machine reaches in the same run (benchmarks.compute_floor), and per backend ``*_vs_compute_floor``.
 
 All backends are opened first and measured **interleaved** (round after round, each backend once
 per round), so a slow phase of a shared machine hits every backend alike.  Between backends the
@@ -275,9 +277,31 @@ def bench_all(bundle, names: list[str], args, threads: int, probe: BandwidthProb
     t = _interleaved_ms({n: (lambda a=a: a.decode_audio(*call)) for n, (_, a) in opened.items()}, args.repeats, args.warmup)
     for n in names:
         out[n]["decoder_vocoder_ms_per_audio_second"] = statistics.median(t[n]) / (tokens / 25.0)
+    out["_flops"] = _model_flops(opened, bundle, threads, inputs, call, tokens)
     del opened
     gc.collect()
     return out
+
+
+def _model_flops(opened: dict, bundle, threads: int, prefill_inputs, decode_call, tokens: int) -> dict:
+    """FLOPs of the timed prefill and decoder+vocoder calls, counted on the torch model."""
+    from benchmarks.compute_floor import count_flops
+    from gsv.backends import open_backends
+
+    g, a = opened["torch"] if "torch" in opened else open_backends(bundle, "torch", device="cpu", threads=threads)
+    per_second = {k: v / (tokens / 25.0) for k, v in count_flops(lambda: a.decode_audio(*decode_call)).items()}
+    return {"prefill_200": count_flops(lambda: g.prefill(*prefill_inputs)), "decoder_vocoder_per_audio_second": per_second}
+
+
+def _compute_floor(result: dict, rates: dict, flops: dict) -> None:
+    from benchmarks.compute_floor import floor_ms
+
+    floors = {"prefill_ms_200": floor_ms(flops["prefill_200"], rates),
+              "decoder_vocoder_ms_per_audio_second": floor_ms(flops["decoder_vocoder_per_audio_second"], rates)}
+    result["compute_floor"] = {"machine": rates, "flops": flops, "floor_ms": floors}
+    for r in result["backends"].values():
+        for key, floor in floors.items():
+            r[f"{key.rsplit('_ms', 1)[0]}_vs_compute_floor"] = r[key] / floor
 
 
 def run(args) -> int:
@@ -309,8 +333,16 @@ def run(args) -> int:
     result["settings"] = {k: getattr(args, k) for k in ("context", "steps", "repeats", "warmup", "audio_tokens", "batches")}
     names = [b.strip() for b in args.backends.split(",") if b.strip()]
     log.info("benchmarking %s (interleaved)", ", ".join(names))
+    from benchmarks.compute_floor import machine_gflops
+
+    rates_before = machine_gflops()
     backends = bench_all(bundle, names, args, threads, probe, param_bytes)
+    flops = backends.pop("_flops")
+    rates_after = machine_gflops()
+    # the better of the two (before and after the timings): the floor is what the machine can do
+    rates = {k: max(rates_before[k], rates_after[k]) if k.endswith("gflops") else v for k, v in rates_before.items()}
     result["backends"] = backends
+    _compute_floor(result, rates, flops)
     # the issue's keys, per backend, at the top level too
     for key in ("gpt_decode_ms_per_token", "prefill_ms_200", "decoder_vocoder_ms_per_audio_second"):
         result[key] = {n: r[key] for n, r in backends.items()}

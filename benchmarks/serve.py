@@ -27,6 +27,7 @@ configurations level by level, interleaved, in one run and reports ratios (B / A
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -72,7 +73,8 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup", type=int, default=1, help="unmeasured requests before the first level")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="two server specs: HOST:PORT or key=value lists launched here "
-                        "(bundle=DIR,backend=torch|onnx|...,max-live=N,max-queue=N,threads=N)")
+                        "(bundle=DIR,backend=torch|onnx|...,max-live=N,max-queue=N,threads=N; code=CHECKOUT runs "
+                        "that checkout's server, e.g. the previous commit; http=off for servers without HTTP doors)")
     p.add_argument("--protocol", default="grpc",
                    help=f"door(s), comma-separated: {', '.join(doors.PROTOCOLS)} (several: interleaved, with ratios)")
     p.add_argument("--http-server", help="base URL of the server's HTTP port (for http/openai/ws with --server)")
@@ -103,7 +105,7 @@ def scrape(url: str | None) -> dict[str, float]:
         return {}
     out = {}
     for line in body.splitlines():
-        m = re.match(r"^(tts_ar_batch_size_(?:sum|count)|tts_semantic_tokens_total|tts_audio_seconds_total) ([0-9.e+-]+)$", line)
+        m = re.match(r"^(tts_ar_batch_size_(?:sum|count)|tts_semantic_tokens_total|tts_audio_seconds_total|tts_decoded_audio_seconds_total) ([0-9.e+-]+)$", line)
         if m:
             out[m.group(1)] = float(m.group(2))
     return out
@@ -136,6 +138,9 @@ def summarize(results: list, errors: dict, wall: float, before: dict, after: dic
                                          / count) if count else None
         level["server_tokens_per_second"] = (after.get("tts_semantic_tokens_total", 0)
                                              - before.get("tts_semantic_tokens_total", 0)) / wall
+        emitted = after.get("tts_audio_seconds_total", 0) - before.get("tts_audio_seconds_total", 0)
+        decoded = after.get("tts_decoded_audio_seconds_total", 0) - before.get("tts_decoded_audio_seconds_total", 0)
+        level["decoder_overhead_ratio"] = decoded / emitted if emitted > 0 else None
     return level
 
 
@@ -239,13 +244,19 @@ class LaunchedServer:
             raise SystemExit(f"gsv-bench: error: server spec {spec!r} needs bundle=DIR, bundles=A|B or models=DIR")
         self.port, self.mport, self.hport = _free_port(), _free_port(), _free_port()
         self.voices = tempfile.mkdtemp(prefix="gsv-bench-voices-")
+        # code=DIR: run the server from another checkout (a previous commit, for before/after in one run);
+        # http=off: no HTTP doors (servers older than them have no --http-port)
+        code, http = opts.pop("code", None), opts.pop("http", "on") != "off"
         bundles = ([opts.pop("bundle")] if "bundle" in opts else []) + [b for b in opts.pop("bundles", "").split("|") if b]
         cmd = [sys.executable, "-m", "server", *(a for b in bundles for a in ("--bundle", b)), "--voices", self.voices,
-               "--port", str(self.port), "--metrics-port", str(self.mport), "--host", "localhost",
-               "--http-port", str(self.hport), "--http-host", "127.0.0.1", "--no-playground"]
+               "--port", str(self.port), "--metrics-port", str(self.mport), "--host", "localhost"]
+        if http:
+            cmd += ["--http-port", str(self.hport), "--http-host", "127.0.0.1", "--no-playground"]
         for k, v in opts.items():
             cmd += [f"--{k}", v]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env = dict(os.environ, PYTHONPATH=str(Path(code).resolve())) if code else None
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                                     cwd=str(Path(code).resolve()) if code else None)
         self.target = f"localhost:{self.port}"
         self.metrics = f"http://localhost:{self.mport}/metrics"
         self.http = f"http://127.0.0.1:{self.hport}"
@@ -281,9 +292,10 @@ def machine() -> dict:
 def sweep(servers: list[tuple[str, str, str | None]], args, grpc_target=None) -> dict[str, tuple[list, list]]:
     """Run every level on every server ``(label, target, metrics_url)``, interleaved level by level
     (A B, then B A at the next level, ...), so drift of a shared machine hits both alike."""
-    for _, target, _ in servers:
-        for _ in range(args.warmup):
-            asyncio.run(closed_loop(target, args, 1))
+    if args.warmup:
+        warm = argparse.Namespace(**dict(vars(args), requests=args.warmup))  # --warmup requests, one at a time
+        for _, target, _ in servers:
+            asyncio.run(closed_loop(target, warm, 1))
     out = {label: ([], []) for label, _, _ in servers}
     steps = [("concurrency", int(x)) for x in args.concurrency.split(",") if x]
     steps += [("rate", float(r)) for r in args.rates.split(",") if r]

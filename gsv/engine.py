@@ -92,6 +92,7 @@ class Engine:
         self.noise_channels = audio.config.inter_channels
         self.deadline_chunks = deadline_chunks
         self.decode_s_per_token = 0.0  # moving average over decoder calls (vocoded tokens, padding included)
+        self.decoding_urgent = False  # the decoder is rendering a window a listener waits for (guarded by cv)
 
     # ------------------------------------------------------------------ admission
     def submit(self, session: Session) -> None:
@@ -412,11 +413,50 @@ class Engine:
             batch = self._pick_decode_batch(decodes) if decode else []
             for s, j in batch:
                 self.queues[s].popleft()
+            now = time.monotonic()
+            self.decoding_urgent = any(self._urgent(j, now) for _, j in batch)
             markers_before = [(s, j) for s, j in heads if isinstance(j, _Marker)]
         for s, m in markers_before:
             self._apply_marker(s, m)
         if not batch:
             return bool(markers_before)
+        try:
+            return self._decode_batch(batch)
+        finally:
+            with self.cv:
+                self.decoding_urgent = False
+                self.cv.notify_all()
+
+    def _urgent(self, j: DecodeJob, now: float) -> bool:
+        """A window the GPT stage should make room for: a stream's first audio, or a listener that runs dry
+        before the window could be decoded at the current rate (not one already dry: see _listener)."""
+        if j.first:
+            return True
+        if not self.deadline_chunks or j.session.t_first_audio is None:
+            return False
+        remaining = j.session.playback_deadline() - now
+        return 0.0 < remaining < (j.window.w1 - j.window.vocode_start) * self.decode_s_per_token + DEADLINE_MARGIN_S
+
+    def urgent_decode_pending(self) -> bool:
+        """The decoder is rendering, or has queued, a window a listener is waiting for."""
+        now = time.monotonic()
+        with self.cv:
+            return self.decoding_urgent or any(q and isinstance(q[0], DecodeJob) and self._urgent(q[0], now)
+                                               for q in self.queues.values())
+
+    def yield_to_decoder(self, timeout: float) -> bool:
+        """For the GPT loop, before a step: on a CPU both stages use every core, so when a listener is
+        waiting for a window the GPT step pauses (at most ``timeout`` s) while the decoder renders it,
+        instead of splitting the cores with it.  Returns whether it waited."""
+        end = time.monotonic() + timeout
+        waited = False
+        with self.cv:
+            while self.urgent_decode_pending() and (left := end - time.monotonic()) > 0:
+                waited = True
+                self.cv.wait(min(left, 0.02))  # deadlines move with time: look again soon
+        return waited
+
+    def _decode_batch(self, batch: list) -> bool:
         t0 = time.perf_counter()
         try:
             audios = self._run_decoder([j for _, j in batch])

@@ -91,7 +91,7 @@ def make_voice_preparer(bundle, text: TextPreparer, device: str = "cpu", hubert=
         raise GsvError(f"the bundle's HuBERT has {hubert.dim}-d features but SoVITS expects {bundle.sovits_config.ssl_dim}")
     if sv is None and bundle.is_pro:
         sv = bundle.load_sv(device)
-    return VoicePreparer(bundle, text, sovits=bundle.load_voice_encoder(device), hubert=hubert, sv=sv)
+    return VoicePreparer(bundle, text, sovits=bundle.load_sovits(device, reference_only=True), hubert=hubert, sv=sv)
 
 
 class Synthesizer:

@@ -127,7 +127,7 @@ def check_reference(samples: np.ndarray, sr: int, name: str = "reference audio",
 # ---------------------------------------------------------------------------------------- preparation
 class VoicePreparer:
     """Turns references into a :class:`Voice` with the bundle's voice layers (SoVITS reference encoder,
-    SSL projection and quantizer; a :class:`~gsv.models.sovits.model.VoiceEncoder` unless given), HuBERT
+    SSL projection and quantizer: ``Bundle.load_sovits(reference_only=True)`` unless given), HuBERT
     and BERT (shared objects a server may pass in) and, for Pro bundles, the speaker-verification network.
 
     A voice has two parts: the **prompt** (transcript phones + BERT features, and the reference's
@@ -139,7 +139,7 @@ class VoicePreparer:
     def __init__(self, bundle, text, sovits=None, hubert=None, sv=None):
         self.bundle = bundle
         self.text = text  # gsv.pipeline.TextPreparer: prompt text -> (prepared, BERT features)
-        self.sovits = sovits if sovits is not None else bundle.load_voice_encoder()
+        self.sovits = sovits if sovits is not None else bundle.load_sovits(reference_only=True)
         self.hubert = hubert
         self.sv = sv if sv is not None or not bundle.is_pro else bundle.load_sv()  # Pro: speaker verification
 

@@ -115,7 +115,7 @@ def build_state(config: ServerConfig) -> ServerState:
     :func:`serve`), the voice registry and the rest of the server state."""
     metrics = ServerMetrics()
     metrics.build_info.info({"version": __version__})
-    runner = EngineRunner(config.max_live)
+    runner = EngineRunner(config.max_live, stage_priority=config.stage_priority)
     models, default = discover(config)
     memory = config.memory_plan(len(models))
     loading = [default] + [m for m in dict.fromkeys(config.preload) if m != default]

@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-live", type=int, default=8, help="requests generating at once (GPT batch rows)")
     p.add_argument("--max-queue", type=int, default=16, help="admitted requests waiting beyond --max-live")
     p.add_argument("--max-decode-batch", type=int, default=4)
+    p.add_argument("--stage-priority", choices=("on", "off"), default="on",
+                   help="on: the GPT step pauses while the decoder renders a window whose listener is about to "
+                        "run dry or a stream's first audio (both stages use every core; default); off: the two "
+                        "stages always run side by side")
     p.add_argument("--no-deadline-chunks", action="store_true",
                    help="never cut a shorter chunk when a listener would run dry (fixed chunk boundaries)")
     p.add_argument("--max-text-chars", type=int, default=2000)
@@ -113,7 +117,8 @@ def config_from_args(args):
                             threads=args.threads, ar_threads=args.ar_threads,
                             decoder_threads=args.decoder_threads, max_live=args.max_live, max_queue=args.max_queue,
                             max_decode_batch=args.max_decode_batch,
-                            deadline_chunks=not args.no_deadline_chunks, max_text_chars=args.max_text_chars,
+                            deadline_chunks=not args.no_deadline_chunks,
+                            stage_priority=args.stage_priority == "on", max_text_chars=args.max_text_chars,
                             max_audio_seconds=args.max_audio_seconds, drain_grace_seconds=args.grace,
                             bidi_idle_timeout=args.bidi_idle_timeout,
                             tls_cert=args.tls_cert, tls_key=args.tls_key, tokens=tokens,

@@ -25,6 +25,7 @@ class ServerConfig:
     # never waits behind a long call (measured: see README "Many models in one server")
     decode_call_budget_s: float | None = 0.25
     deadline_chunks: bool = True  # cut shorter chunks when a listener would otherwise run dry
+    stage_priority: bool = True  # the GPT step waits while the decoder renders a window a listener waits for
     max_text_chars: int = 2000
     max_audio_seconds: float = 120.0
     max_reference_bytes: int = 4 * 1024 * 1024

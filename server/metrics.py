@@ -10,6 +10,10 @@ with; requests that named no servable model count as ``model="none"``).
 """
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 from gsv import constants as C
@@ -21,6 +25,41 @@ RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 4)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120)
 NO_MODEL = "none"  # the model label of requests that did not get as far as a served model
+
+
+OVERHEAD_WINDOW_S = 60.0  # tts_decoder_overhead_ratio looks at the last minute
+
+
+class SlidingRatio:
+    """numerator / denominator summed over the last ``window_s`` seconds (per-second buckets).
+
+    Fed by the engine's decoder thread, read by the metrics scrape: one lock guards the buckets."""
+
+    def __init__(self, window_s: float = OVERHEAD_WINDOW_S, clock=time.monotonic):
+        self.window_s, self.clock = window_s, clock
+        self.lock = threading.Lock()
+        self.buckets: deque[list[float]] = deque()  # [second, numerator, denominator], oldest first
+
+    def add(self, numerator: float = 0.0, denominator: float = 0.0) -> None:
+        now = int(self.clock())
+        with self.lock:
+            if not self.buckets or self.buckets[-1][0] != now:
+                self.buckets.append([now, 0.0, 0.0])
+            self.buckets[-1][1] += numerator
+            self.buckets[-1][2] += denominator
+            self._expire(now)
+
+    def value(self) -> float:
+        """The ratio, or 0.0 when nothing was emitted in the window (Prometheus gauges have no None)."""
+        with self.lock:
+            self._expire(int(self.clock()))
+            num = sum(b[1] for b in self.buckets)
+            den = sum(b[2] for b in self.buckets)
+        return num / den if den > 0 else 0.0
+
+    def _expire(self, now: int) -> None:
+        while self.buckets and self.buckets[0][0] <= now - self.window_s:
+            self.buckets.popleft()
 
 
 class ServerMetrics(EngineObserver):
@@ -45,6 +84,14 @@ class ServerMetrics(EngineObserver):
         self.rtf = Histogram("tts_real_time_factor", "Request compute seconds / audio seconds (lower is faster)",
                              buckets=RTF_BUCKETS, registry=r)
         self.audio_seconds = Counter("tts_audio_seconds_total", "Audio seconds produced", registry=r)
+        self.decoded_audio_seconds = Counter(
+            "tts_decoded_audio_seconds_total", "Audio seconds the vocoder rendered, the windows' context included",
+            registry=r)
+        self.decoder_overhead = SlidingRatio()
+        self.decoder_overhead_ratio = Gauge(
+            "tts_decoder_overhead_ratio", "Decoded / emitted audio seconds over the last minute (1.0 = no wasted "
+            "decoder work; 0 when nothing was emitted)", registry=r)
+        self.decoder_overhead_ratio.set_function(self.decoder_overhead.value)
         self.tokens = Counter("tts_semantic_tokens_total", "Semantic tokens generated", registry=r)
         self.chunks = Counter("tts_audio_chunks_total", "Audio chunks produced", registry=r)
         self.in_flight = Gauge("tts_requests_in_flight", "Requests admitted and not finished", registry=r)
@@ -108,10 +155,14 @@ class ServerMetrics(EngineObserver):
     def on_decode(self, rows: int, seconds: float, audio_seconds: float) -> None:
         self.decode_chunk.observe(seconds)
         self.decoder_batch.observe(rows)
+        self.decoded_audio_seconds.inc(audio_seconds)
+        self.decoder_overhead.add(numerator=audio_seconds)
 
     def on_chunk(self, session, samples: int, underrun: bool) -> None:
         self.chunks.inc()
-        self.audio_seconds.inc(samples / C.SAMPLE_RATE)
+        seconds = samples / C.SAMPLE_RATE
+        self.audio_seconds.inc(seconds)
+        self.decoder_overhead.add(denominator=seconds)
         if underrun:
             self.underruns.inc()
 

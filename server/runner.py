@@ -22,7 +22,9 @@ share the machine between the engines:
   model, and a new stream's first chunk overtakes a flooded model's backlog.
 
 The decoder thread runs concurrently with the AR thread (chunks decode while the next GPT steps
-run), exactly as with one model.  A backend fault fails that engine's requests (INTERNAL), not the
+run), exactly as with one model, except when a listener waits for a window (a first chunk, or a
+stream about to run dry) of any model: then the GPT round yields the cores to the decoder
+(``stage_priority``; bounded wait, see :meth:`gsv.engine.Engine.yield_to_decoder`).  A backend fault fails that engine's requests (INTERNAL), not the
 server.  All engines share one condition (:attr:`EngineRunner.cv`), which guards their queues and
 the engine list here, so either thread can sleep until any engine has work.
 """
@@ -49,7 +51,10 @@ DEFER_MARGIN_S = 0.3
 
 
 class EngineRunner:
-    def __init__(self, max_live: int, cv: threading.Condition | None = None):
+    YIELD_TIMEOUT_S = 0.5  # the longest the GPT round waits for urgent decoding (GPT rows need tokens too)
+
+    def __init__(self, max_live: int, cv: threading.Condition | None = None, stage_priority: bool = True):
+        self.stage_priority = stage_priority
         self.cv = cv or threading.Condition()  # shared by every engine (Engine(cv=...))
         self.max_live = max_live  # GPT rows of all engines together
         self._engines: list[Engine] = []  # guarded by cv
@@ -141,8 +146,18 @@ class EngineRunner:
         starting = {e for e in busy if any(e.starting())}
         return [(e, k == 0) for k in range(STARTUP_VISITS) for e in busy if k == 0 or e in starting]
 
+    def _yield_to_decoder(self, timeout: float) -> None:
+        """Before a round: while any engine's decoder renders (or has queued) a window a listener waits
+        for, let it have the cores (at most ``timeout`` s; deadlines move with time: look again soon)."""
+        end = time.monotonic() + timeout
+        with self.cv:
+            while any(e.urgent_decode_pending() for e in self._engines) and (left := end - time.monotonic()) > 0:
+                self.cv.wait(min(left, 0.02))
+
     def _ar_loop(self) -> None:
         while not self._stop.is_set():
+            if self.stage_priority:
+                self._yield_to_decoder(self.YIELD_TIMEOUT_S)
             with self.cv:
                 busy = [e for e in self._engines if e.has_work()]
                 if not busy:

@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-step-lr", type=float, default=0.01, help="rate of the first update (upstream quirk)")
     p.add_argument("--grad-accum", type=int, default=4, help="micro-batches per optimizer update")
     p.add_argument("--dpo", action="store_true", help="add upstream's DPO loss (halves the batch size)")
+    p.add_argument("--prompt-pairs", type=float, default=0.0,
+                   help="share of items trained behind another utterance of the same speaker, as inference prompts "
+                        "them (for small bases trained from scratch; upstream: 0)")
     p.set_defaults(func=cmd_gpt)
 
     p = sub.add_parser("bundle", help="write a bundle of the trained weights", formatter_class=fmt)
@@ -181,7 +184,8 @@ def cmd_gpt(args) -> int:
     from trainer.run import train
 
     kw = _common_cfg(args)
-    cfg = GPTTrainConfig(**kw, lr=args.lr, first_step_lr=args.first_step_lr, grad_accum=args.grad_accum, dpo=args.dpo)
+    cfg = GPTTrainConfig(**kw, lr=args.lr, first_step_lr=args.first_step_lr, grad_accum=args.grad_accum, dpo=args.dpo,
+                         prompt_pairs=args.prompt_pairs)
     if cfg.dpo:
         cfg.batch_size = max(1, cfg.batch_size // 2)  # upstream halves the batch with DPO
     r = train("gpt", args.exp, cfg, args.base)

@@ -103,6 +103,7 @@ class GPTTrainConfig(CommonTrainConfig):
     grad_accum: int = 4  # micro-batches per optimizer update (upstream steps every 4th batch)
     dpo: bool = False  # upstream train.if_dpo: reference-free DPO against corrupted token sequences
     dpo_beta: float = 0.2
+    prompt_pairs: float = 0.0  # share of items trained behind another utterance of their speaker (see GPTDataset)
     max_sec: int = 54  # data filters as upstream's Text2SemanticDataset
     min_ps_ratio: float = 3.0
     max_ps_ratio: float = 25.0

@@ -175,22 +175,64 @@ def gpt_keep(item: dict, max_sec: float, min_ps: float, max_ps: float, hz: int =
 
 
 class GPTDataset(torch.utils.data.Dataset):
-    """Items -> (phones [P], semantic [T], bert [D, P] or None)."""
+    """Items -> (phones [P], semantic [T], bert [D, P] or None).
 
-    def __init__(self, exp: Experiment, items: list[dict]):
+    ``prompt_pairs`` p: a share p of the items (chosen by (seed, epoch, index)) come with another utterance
+    of the same speaker in front, as inference lays them out: phones = prompt's ++ target's, semantic =
+    prompt's ++ target's (the reference's tokens are the prompt the GPT continues).  Upstream trains on
+    single utterances and relies on its large pretraining to continue a prompt; a small base trained
+    from scratch never learns to and ends the target early."""
+
+    def __init__(self, exp: Experiment, items: list[dict], prompt_pairs: float = 0.0, seed: int = 0,
+                 max_tokens: int | None = None):
+        if not 0.0 <= prompt_pairs <= 1.0:
+            raise ExperimentError(f"prompt_pairs is a share in [0, 1], got {prompt_pairs}")
         self.exp = exp
         self.items = items
+        self.prompt_pairs, self.seed, self.epoch, self.max_tokens = prompt_pairs, seed, 0, max_tokens
+        by_speaker: dict[str, list[int]] = {}
+        for i, it in enumerate(items):
+            by_speaker.setdefault(str(it.get("speaker", "")), []).append(i)
+        self.by_speaker = by_speaker
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def prompt_of(self, i: int) -> int | None:
+        """The index of the utterance put in front of item i this epoch, or None."""
+        if self.prompt_pairs <= 0.0:
+            return None
+        g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
+        if float(torch.rand(1, generator=g)) >= self.prompt_pairs:
+            return None
+        me = self.items[i]
+        room = None if self.max_tokens is None else self.max_tokens - int(me["n_tokens"])
+        others = [j for j in self.by_speaker[str(me.get("speaker", ""))]
+                  if self.items[j].get("name") != me.get("name")  # replicated items share a name
+                  and (room is None or int(self.items[j]["n_tokens"]) <= room)]
+        return others[int(torch.randint(len(others), (1,), generator=g))] if others else None
+
     def lengths(self) -> list[int]:
         return [int(it["n_tokens"]) for it in self.items]
 
-    def __getitem__(self, i: int):
-        it = self.items[i]
-        t = load_tensors(self.exp.file(it), ("phones", "semantic", "bert"))
+    def _load(self, i: int):
+        t = load_tensors(self.exp.file(self.items[i]), ("phones", "semantic", "bert"))
         return t["phones"].long(), t["semantic"].long(), t.get("bert")
+
+    def __getitem__(self, i: int):
+        phones, semantic, bert = self._load(i)
+        j = self.prompt_of(i)
+        if j is None:
+            return phones, semantic, bert
+        p_phones, p_semantic, p_bert = self._load(j)
+        if (p_bert is None) != (bert is None):  # zh next to another language: BERT zeros for the other side
+            p_bert = torch.zeros(bert.shape[0], p_phones.numel()) if p_bert is None else p_bert
+            bert = torch.zeros(p_bert.shape[0], phones.numel()) if bert is None else bert
+        joined_bert = None if bert is None else torch.cat([p_bert, bert], dim=-1)  # [D, P_prompt + P]
+        return torch.cat([p_phones, phones]), torch.cat([p_semantic, semantic]), joined_bert
 
 
 class GPTCollate:

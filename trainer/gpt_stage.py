@@ -14,6 +14,7 @@ import logging
 
 import torch
 
+from gsv import constants as C
 from trainer import losses
 from trainer.loop import Progress, Stage
 from trainer.optim import ScaledAdam, gpt_lr
@@ -58,11 +59,15 @@ class GPTStage(Stage):
             log.info("GPT data filters (length, 3-25 phones/s) dropped %d of %d items", len(train_items) - len(kept),
                      len(train_items))
         self.keep = lambda it: gpt_keep(it, cfg.max_sec, cfg.min_ps_ratio, cfg.max_ps_ratio)
-        self.dataset = GPTDataset(exp, replicate(kept, cfg.min_epoch_items))
+        self.dataset = GPTDataset(exp, replicate(kept, cfg.min_epoch_items), prompt_pairs=cfg.prompt_pairs,
+                                  seed=cfg.seed, max_tokens=cfg.max_sec * C.TOKENS_PER_SECOND)
         self.collate = GPTCollate(self.arch.bert_dim, self.arch.eos)
         self._synth = None
 
     # ------------------------------------------------------------------ loop interface
+    def on_epoch_start(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)  # a new choice of prompted items each epoch
+
     def modules(self):
         return {"gpt": self.model}
 

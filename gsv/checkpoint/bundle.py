@@ -145,7 +145,8 @@ class Bundle:
             for key in ("hubert", "bert"):
                 folder = self._model_dir(key)
                 h.update(f"|{key}:{folder_fingerprint(folder) if folder else 'none'}".encode())
-            semantic = self.tensors(self.manifest["sovits"].get("file", SOVITS_FILE), ("ssl_proj.", "quantizer."))
+            semantic = self._load(self.manifest["sovits"].get("file", SOVITS_FILE),
+                                  lambda k: k.startswith(("ssl_proj.", "quantizer.")))
             for name in sorted(semantic):
                 if name.endswith("_codebook.embed") or name.startswith("ssl_proj."):
                     h.update(name.encode() + semantic[name].float().contiguous().numpy().tobytes())
@@ -168,12 +169,16 @@ class Bundle:
             raise BundleError(f"bundle {self.path} has no speaker-verification model")
         return self._load(self.manifest["sv"].get("file", SV_FILE))
 
-    def _load(self, fname: str) -> dict[str, torch.Tensor]:
-        from safetensors import SafetensorError
+    def _load(self, fname: str, keep=None) -> dict[str, torch.Tensor]:
+        """The tensors of a weights file; ``keep(name)`` reads only those it accepts."""
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(self.path / fname))
+            if keep is None:
+                return load_file(str(self.path / fname))
+            with safe_open(str(self.path / fname), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys() if keep(k)}
         except (SafetensorError, OSError, ValueError) as e:
             raise BundleError(f"{self.path / fname}: corrupt weights file ({e})") from None
 
@@ -184,9 +189,14 @@ class Bundle:
         _load_into(model, self.gpt_state_dict(), self.path / GPT_FILE)
         return model.eval().to(device)
 
-    def load_sovits(self, device: str | torch.device = "cpu", with_posterior: bool = False):
+    def load_sovits(self, device: str | torch.device = "cpu", with_posterior: bool = False, reference_only: bool = False):
+        """The SoVITS model.  ``reference_only``: only the parts that turn a reference into a voice
+        (``extract_latent``, ``speaker_embedding``, ``text_condition``); the text encoder, flow and
+        vocoder (about 90% of the weights) are never built, for processes whose synthesis runs elsewhere."""
         from gsv.models.sovits.model import SoVITS
 
+        if reference_only:
+            return self._load_sovits_reference(device)
         sd = self.sovits_state_dict()
         has_q = any(k.startswith("enc_q.") for k in sd)
         model = SoVITS(self.sovits_config, with_posterior=with_posterior)
@@ -201,25 +211,17 @@ class Bundle:
         _load_into(model, sd, self.path / SOVITS_FILE)
         return model.eval().to(device)
 
-    def load_voice_encoder(self, device: str | torch.device = "cpu"):
-        """Only the SoVITS layers that prepare voices (:class:`~gsv.models.sovits.model.VoiceEncoder`),
-        read from ``sovits.safetensors`` without loading the rest of the model."""
-        from gsv.models.sovits.model import VOICE_ENCODER_PREFIXES, VoiceEncoder
+    def _load_sovits_reference(self, device):
+        from gsv.models.sovits.model import REFERENCE_PARTS, SoVITS
 
-        model = VoiceEncoder(self.sovits_config)
-        sd = self.tensors(self.manifest["sovits"].get("file", SOVITS_FILE), VOICE_ENCODER_PREFIXES)
-        _load_into(model, sd, self.path / SOVITS_FILE)
+        with torch.device("meta"):  # no memory for the parts dropped below
+            model = SoVITS(self.sovits_config)
+        for name in [n for n, _ in model.named_children() if n not in REFERENCE_PARTS]:
+            delattr(model, name)
+        model.to_empty(device="cpu")
+        _load_into(model, self._load(SOVITS_FILE, lambda k: k.split(".", 1)[0] in REFERENCE_PARTS),
+                   self.path / SOVITS_FILE)
         return model.eval().to(device)
-
-    def tensors(self, fname: str, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """The tensors of one weights file whose names start with one of ``prefixes`` (nothing else is read)."""
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(self.path / fname), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise BundleError(f"{self.path / fname}: corrupt weights file ({e})") from None
 
     def load_sv(self, device: str | torch.device = "cpu", fuse: bool = True):
         """The speaker-verification network (16 kHz audio -> embedding) of a Pro bundle; ``fuse`` folds its

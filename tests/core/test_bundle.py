@@ -68,3 +68,21 @@ def test_mismatched_versions_refused(tmp_path):
     s = tiny_sovits(version="v1", n_symbols=322, ref_enc_bins=1025)
     with pytest.raises(BundleError, match="different GPT-SoVITS versions"):
         B.write_bundle(tmp_path / "x", g.cfg, g.state_dict(), s.cfg, s.state_dict())
+
+
+@pytest.mark.parametrize("version", ["v2", "v2ProPlus"])
+def test_reference_only_sovits_prepares_the_same_voice_with_a_fraction_of_the_weights(tmp_path, version):
+    b = make_tiny_bundle(tmp_path / "b", version=version)
+    full, ref = b.load_sovits(), b.load_sovits(reference_only=True)
+    assert not hasattr(ref, "dec") and not hasattr(ref, "enc_p") and not hasattr(ref, "flow")
+    assert sum(p.numel() for p in ref.parameters()) < sum(p.numel() for p in full.parameters())
+    g = torch.Generator().manual_seed(0)
+    ssl = torch.randn(1, full.cfg.ssl_dim, 40, generator=g)
+    spec = torch.randn(1, 1025, 60, generator=g).abs()
+    sv = torch.randn(1, full.cfg.sv_dim, generator=g) if full.cfg.is_pro else None
+    with torch.no_grad():
+        assert torch.equal(ref.extract_latent(ssl), full.extract_latent(ssl))
+        ge = full.speaker_embedding(spec, sv)
+        torch.testing.assert_close(ref.speaker_embedding(spec, sv), ge, rtol=0, atol=0)
+        if full.cfg.is_pro:
+            torch.testing.assert_close(ref.text_condition(ge), full.text_condition(ge), rtol=0, atol=0)

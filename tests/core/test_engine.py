@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from gsv import constants as C
 from gsv.backends.torch_backend import TorchAudioBackend, TorchGPTBackend
 from gsv.engine import Engine, EngineObserver
 from gsv.sampling import SamplingOptions
@@ -286,3 +287,63 @@ def test_relaxed_windows_decode_less_per_emitted_second(backends):
     assert audio_of(relaxed).size == audio_of(fixed).size
     assert len(relaxed) < len(fixed)
     assert s_relaxed.samples_decoded < s_fixed.samples_decoded
+
+
+def test_stream_near_underrun_gets_its_window_before_a_long_buffer(backends):
+    """Two streams each with a window waiting and room for one in the decoder call: the one whose
+    listener is about to run dry is decoded first, though the other's window was queued first."""
+    chunks = {"long": [], "near": []}
+    opts = SynthesisOptions(sampling=SamplingOptions(seed=4, max_tokens=80, top_k=5))
+    eng = Engine(*backends, max_decode_batch=1)  # fixed chunk sizes: only the order is under test
+    long = Session("long", make_voice(4), make_segments(4, n=1), opts, sink=chunks["long"].append)
+    near = Session("near", make_voice(4), make_segments(4, n=1), opts, sink=chunks["near"].append)
+    eng.submit(long)  # row 0: its windows are created first in every step
+    eng.submit(near)
+    while not (chunks["long"] and chunks["near"]):  # both past their first audio
+        assert eng.ar_step() or eng.decode_step()
+        eng.decode_step()
+    while eng.pending_decodes():  # start from empty queues
+        eng.decode_step()
+    now = time.monotonic()
+    long.t_first_audio = now + 3.0 - long.samples_out / C.SAMPLE_RATE  # 3 s of audio ahead of its listener
+    near.t_first_audio = now + 0.05 - near.samples_out / C.SAMPLE_RATE  # runs dry in 50 ms
+    with eng.cv:
+        jobs = lambda s: sum(1 for j in eng.queues[s] if hasattr(j, "window"))  # noqa: E731
+    while not (jobs(long) and jobs(near)):
+        assert eng.ar_step()
+    out_long, out_near = long.samples_out, near.samples_out
+    eng.decode_step()
+    assert near.samples_out > out_near and long.samples_out == out_long
+
+
+def _queued_window(eng, s) -> bool:
+    with eng.cv:
+        return any(hasattr(j, "window") for j in eng.queues[s])
+
+
+def test_gpt_yields_to_a_window_a_listener_waits_for(backends):
+    """A stream's first window is pending: the GPT step waits until the decoder (another thread) has
+    rendered it; a window whose listener has seconds buffered, or has already run dry, makes no one wait."""
+    import threading
+
+    chunks = []
+    opts = SynthesisOptions(sampling=SamplingOptions(seed=4, max_tokens=80, top_k=5))
+    eng = Engine(*backends, max_decode_batch=1, deadline_chunks=True)
+    s = Session("y", make_voice(4), make_segments(4, n=1), opts, sink=chunks.append)
+    eng.submit(s)
+    while not _queued_window(eng, s):
+        assert eng.ar_step()
+    assert eng.yield_to_decoder(0.0) is False  # no time to wait: returns at once
+    decoder = threading.Thread(target=lambda: (time.sleep(0.05), eng.decode_step()))
+    decoder.start()
+    assert eng.yield_to_decoder(60.0) is True
+    assert chunks and s.samples_out > 0  # it returned because the first audio was rendered
+    decoder.join()
+
+    for buffered_s in (-1.0, 30.0):  # seconds ahead of the listener: already dry, and plenty
+        while eng.pending_decodes():
+            eng.decode_step()
+        s.t_first_audio = time.monotonic() + buffered_s - s.samples_out / C.SAMPLE_RATE
+        while not _queued_window(eng, s):
+            assert eng.ar_step()
+        assert eng.yield_to_decoder(60.0) is False

@@ -272,3 +272,10 @@ def test_bench_components_on_tiny(exported_tiny, tmp_path):
         assert r["prefill_ms_200"][name] > 0 and r["decoder_vocoder_ms_per_audio_second"][name] > 0
     assert set(r["goals"]) == {"ort_fp32_decode_b1_vs_floor", "int8_vs_fp32_decode_speedup",
                                "ort_vs_torch_decoder_vocoder_speedup"}
+    floor = r["compute_floor"]
+    assert floor["machine"]["matmul_gflops"] > 0 and floor["machine"]["conv1d_gflops"] > 0
+    dec = floor["flops"]["decoder_vocoder_per_audio_second"]
+    assert dec["conv"] > 0 and floor["flops"]["prefill_200"]["other"] > 0  # the vocoder convolves, the GPT multiplies
+    for name in ("torch", "onnx"):  # measured time over the floor: a real machine is never below it
+        assert r["backends"][name]["decoder_vocoder_vs_compute_floor"] >= 1.0
+        assert r["backends"][name]["prefill_vs_compute_floor"] > 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import replace
 
 from server.app import build_state, serve
@@ -56,3 +57,17 @@ class RunningServer:
 def start_server(bundle, voices, **kw) -> RunningServer:
     cfg = ServerConfig(bundle=bundle, voices=voices, port=0, host="localhost", **kw)
     return RunningServer(cfg).start()
+
+
+def metric(server, name, labels=None) -> float:
+    """A sample of the running server's Prometheus registry (0 when it was never set)."""
+    v = server.state.metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if v is None else v
+
+
+def wait_idle(server, timeout=30.0) -> None:
+    """Wait (bounded) until no request is live in the engine or admitted."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and (server.state.engine.live or server.state.in_flight):
+        time.sleep(0.05)
+    assert server.state.engine.live == 0 and server.state.in_flight == 0

@@ -11,7 +11,6 @@ import os
 import re
 import socket
 import struct
-import time
 
 import httpx
 import numpy as np
@@ -23,7 +22,7 @@ import websockets
 from clients import TtsClient
 from tests.conftest import speechlike, wav_bytes
 from tests.server.browser import Browser, chromium_path
-from tests.server.harness import start_server
+from tests.server.harness import metric, start_server, wait_idle
 
 TOKEN = "tok-http-doors"
 REF_TEXT = "我们在北京。"
@@ -62,18 +61,6 @@ def http(server):
 @pytest.fixture()
 def oai(server):
     return openai.OpenAI(base_url=server.base + "/v1", api_key=TOKEN, max_retries=0, timeout=120)
-
-
-def metric(server, name, labels=None) -> float:
-    v = server.state.metrics.registry.get_sample_value(name, labels or {})
-    return 0.0 if v is None else v
-
-
-def wait_idle(server, timeout=30.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and (server.state.engine.live or server.state.in_flight):
-        time.sleep(0.05)
-    assert server.state.engine.live == 0 and server.state.in_flight == 0
 
 
 def audible(x: np.ndarray) -> bool:

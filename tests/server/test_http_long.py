@@ -18,7 +18,7 @@ import websockets
 
 from clients import TtsClient
 from tests.conftest import speechlike, wav_bytes
-from tests.server.harness import start_server
+from tests.server.harness import metric, start_server, wait_idle
 
 LONG_TEXT = "你好，欢迎来到北京。今天天气很好。我们去散步吧。这把剑是你的了。"
 TEXT = "你好。"
@@ -57,18 +57,6 @@ def server(tiny_full_bundle, tmp_path_factory):
 def http(server):
     with httpx.Client(base_url=server.base, verify=server.ssl, timeout=120) as c:
         yield c
-
-
-def metric(server, name, labels=None) -> float:
-    v = server.state.metrics.registry.get_sample_value(name, labels or {})
-    return 0.0 if v is None else v
-
-
-def wait_idle(server, timeout=30.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and (server.state.engine.live or server.state.in_flight):
-        time.sleep(0.05)
-    assert server.state.engine.live == 0 and server.state.in_flight == 0
 
 
 TTS_BODY = {"text": LONG_TEXT, "text_lang": "zh", "ref_audio_path": "alice", "media_type": "raw", "streaming_mode": 3,

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from clients import TtsClient, TtsError
 from protos.tts.v1 import tts_pb2 as pb
 from tests.conftest import speechlike, wav_bytes
-from tests.server.harness import start_server
+from tests.server.harness import metric, start_server
 
 REF_TEXT = "我们在北京。"
 TEXT = "你好，欢迎来到北京。今天天气很好。"
@@ -33,11 +33,6 @@ def server(tiny_full_bundle, tmp_path_factory):
 def client(server):
     with TtsClient(server.target, timeout=120) as c:
         yield c
-
-
-def metric(server, name, labels=None) -> float:
-    v = server.state.metrics.registry.get_sample_value(name, labels or {})
-    return 0.0 if v is None else v
 
 
 def test_health_and_config(server, client):
@@ -236,8 +231,36 @@ def test_metrics_move(server, client):
                  "tts_ar_step_seconds", "tts_ar_batch_size", "tts_decoder_batch_size", "tts_decode_chunk_seconds",
                  "tts_real_time_factor", "tts_audio_seconds_total", "tts_semantic_tokens_total",
                  "tts_requests_in_flight", "tts_queue_depth", "tts_requests_total", "tts_admission_rejections_total",
-                 "tts_underruns_total", "tts_build_info", "tts_model_info"):
+                 "tts_underruns_total", "tts_build_info", "tts_model_info", "tts_decoded_audio_seconds_total",
+                 "tts_decoder_overhead_ratio"):
         assert name in text, name
+
+
+def test_decoder_overhead_ratio_reported(server, client):
+    """Decoded (vocoded, context included) audio is counted beside emitted audio; the gauge is their
+    ratio over the last minute: above 1 (windows re-render context) and well below re-decoding all."""
+    decoded0, emitted0 = metric(server, "tts_decoded_audio_seconds_total"), metric(server, "tts_audio_seconds_total")
+    client.stream(TEXT, "alice", seed=4, max_audio_seconds=3)
+    decoded = metric(server, "tts_decoded_audio_seconds_total") - decoded0
+    emitted = metric(server, "tts_audio_seconds_total") - emitted0
+    assert emitted > 0 and 1.0 < decoded / emitted < 2.0
+    assert 1.0 < metric(server, "tts_decoder_overhead_ratio") < 2.0
+
+
+def test_sliding_ratio_forgets_after_its_window():
+    from server.metrics import SlidingRatio
+
+    now = [1000.0]
+    r = SlidingRatio(window_s=60, clock=lambda: now[0])
+    assert r.value() == 0.0
+    r.add(numerator=3.0, denominator=1.0)
+    now[0] += 30
+    r.add(numerator=1.0, denominator=1.0)
+    assert r.value() == 2.0
+    now[0] += 31  # the first second left the window
+    assert r.value() == 1.0
+    now[0] += 60
+    assert r.value() == 0.0
 
 
 def test_positions_at_resampled_rate(client):

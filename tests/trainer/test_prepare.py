@@ -115,3 +115,31 @@ def test_synthetic_needs_espeak(monkeypatch, tmp_path):
     monkeypatch.setattr(sh, "which", lambda name: None)
     with pytest.raises(SyntheticDataError, match="espeak-ng is not installed"):
         make_dataset(tmp_path, 2)
+
+
+def test_gpt_prompt_pairs_put_another_utterance_of_the_speaker_in_front(tiny_exp):
+    """--prompt-pairs: a share of the items is the inference layout (prompt ++ target) with another item
+    of the same speaker; 0 leaves every item alone; the choice changes with the epoch."""
+    from trainer.data import Experiment, GPTDataset
+
+    exp = Experiment(tiny_exp, json.loads((tiny_exp / "dataset.json").read_text()))
+    items = [it for it in exp.items if it["name"].startswith("utt_")]  # one speaker, English
+    plain = GPTDataset(exp, items)
+    paired = GPTDataset(exp, items, prompt_pairs=1.0, seed=3)
+    assert all(plain.prompt_of(i) is None for i in range(len(items)))
+    for i in range(len(items)):
+        j = paired.prompt_of(i)
+        assert j is not None and j != i and items[j].get("speaker") == items[i].get("speaker")
+        phones, semantic, bert = paired[i]
+        p_phones, p_semantic, _ = plain[j]
+        t_phones, t_semantic, _ = plain[i]
+        assert torch.equal(phones, torch.cat([p_phones, t_phones]))
+        assert torch.equal(semantic, torch.cat([p_semantic, t_semantic])) and bert is None  # English: no BERT
+    half = GPTDataset(exp, items, prompt_pairs=0.5, seed=3)
+    chosen = [half.prompt_of(i) is not None for i in range(len(items))]
+    assert any(chosen) and not all(chosen)
+    before = [paired.prompt_of(i) for i in range(len(items))]
+    paired.set_epoch(1)
+    assert [paired.prompt_of(i) for i in range(len(items))] != before
+    capped = GPTDataset(exp, items, prompt_pairs=1.0, max_tokens=max(int(it["n_tokens"]) for it in items))
+    assert all(capped.prompt_of(i) is None for i in range(len(items)))  # no pair fits the GPT's length limit

@@ -136,13 +136,38 @@ class TextEncoder(nn.Module):
         return y, m, logs, y_mask
 
 
-class ReferenceLayers:
-    """The layers that turn reference audio into a voice: the reference encoder (+ the speaker-verification
-    projection and PReLU of Pro models) and the SSL projection + quantizer.  Shared by :class:`SoVITS` and
-    :class:`VoiceEncoder` (same attribute names, so the same state-dict keys)."""
+# the submodules a reference passes through (extract_latent, speaker_embedding, text_condition)
+REFERENCE_PARTS = ("ssl_proj", "quantizer", "ref_enc", "sv_emb", "ge_to512", "prelu")
 
-    cfg: SoVITSConfig
 
+class SoVITS(nn.Module):
+    def __init__(self, cfg: SoVITSConfig, with_posterior: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.enc_p = TextEncoder(cfg)
+        self.dec = Generator(cfg.inter_channels, cfg.resblock, cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes,
+                             cfg.upsample_rates, cfg.upsample_initial_channel, cfg.upsample_kernel_sizes,
+                             gin_channels=cfg.gin_channels)
+        if with_posterior:
+            self.enc_q = PosteriorEncoder(cfg.spec_channels, cfg.inter_channels, cfg.hidden_channels, 5, 1, 16,
+                                          gin_channels=cfg.gin_channels)
+        self.flow = ResidualCouplingBlock(cfg.inter_channels, cfg.hidden_channels, 5, 1, 4, gin_channels=cfg.gin_channels)
+        self.ref_enc = MelStyleEncoder(cfg.ref_enc_bins, style_vector_dim=cfg.gin_channels)
+        if cfg.semantic_frame_rate == "25hz":
+            self.ssl_proj = nn.Conv1d(cfg.ssl_dim, cfg.ssl_dim, 2, stride=2)
+        else:
+            self.ssl_proj = nn.Conv1d(cfg.ssl_dim, cfg.ssl_dim, 1, stride=1)
+        self.quantizer = ResidualVectorQuantizer(dimension=cfg.ssl_dim, n_q=1, bins=cfg.codebook_size)
+        if cfg.is_pro:
+            self.sv_emb = nn.Linear(cfg.sv_dim, cfg.gin_channels)
+            self.ge_to512 = nn.Linear(cfg.gin_channels, cfg.mrte_hidden)
+            self.prelu = nn.PReLU(num_parameters=cfg.gin_channels)
+
+    @property
+    def frames_per_code(self) -> int:
+        return 2 if self.cfg.semantic_frame_rate == "25hz" else 1
+
+    # ------------------------------------------------------------------ pieces
     def speaker_embedding(self, refer: torch.Tensor, sv: torch.Tensor | None = None,
                           refer_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """refer: linear spectrogram [B, 1025, T] -> ge [B, gin, 1] (only the first ref_enc_bins are used).
@@ -159,67 +184,16 @@ class ReferenceLayers:
             raise ValueError(f"a {self.cfg.version} model needs the speaker-verification embedding of each reference")
         return self.prelu(ge + self.sv_emb(sv).unsqueeze(-1))
 
-    def extract_latent(self, ssl: torch.Tensor) -> torch.Tensor:
-        """HuBERT features [B, 768, T50] -> semantic codes [B, 1, T50 // 2] (an odd last frame is dropped)."""
-        return self.quantizer.encode(self.ssl_proj(ssl)).transpose(0, 1)
-
-
-class VoiceEncoder(ReferenceLayers, nn.Module):
-    """Only the layers of a SoVITS that prepare voices (:class:`ReferenceLayers`): a server keeps this small
-    part in torch beside an exported decoder instead of a second copy of the whole model."""
-
-    def __init__(self, cfg: SoVITSConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.ref_enc = MelStyleEncoder(cfg.ref_enc_bins, style_vector_dim=cfg.gin_channels)
-        self.ssl_proj = _ssl_proj(cfg)
-        self.quantizer = ResidualVectorQuantizer(dimension=cfg.ssl_dim, n_q=1, bins=cfg.codebook_size)
-        if cfg.is_pro:
-            self.sv_emb = nn.Linear(cfg.sv_dim, cfg.gin_channels)
-            self.prelu = nn.PReLU(num_parameters=cfg.gin_channels)
-
-
-# state-dict prefixes of the layers a VoiceEncoder holds
-VOICE_ENCODER_PREFIXES = ("ref_enc.", "ssl_proj.", "quantizer.", "sv_emb.", "prelu.")
-
-
-def _ssl_proj(cfg: SoVITSConfig) -> nn.Conv1d:
-    if cfg.semantic_frame_rate == "25hz":
-        return nn.Conv1d(cfg.ssl_dim, cfg.ssl_dim, 2, stride=2)
-    return nn.Conv1d(cfg.ssl_dim, cfg.ssl_dim, 1, stride=1)
-
-
-class SoVITS(ReferenceLayers, nn.Module):
-    def __init__(self, cfg: SoVITSConfig, with_posterior: bool = False):
-        super().__init__()
-        self.cfg = cfg
-        self.enc_p = TextEncoder(cfg)
-        self.dec = Generator(cfg.inter_channels, cfg.resblock, cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes,
-                             cfg.upsample_rates, cfg.upsample_initial_channel, cfg.upsample_kernel_sizes,
-                             gin_channels=cfg.gin_channels)
-        if with_posterior:
-            self.enc_q = PosteriorEncoder(cfg.spec_channels, cfg.inter_channels, cfg.hidden_channels, 5, 1, 16,
-                                          gin_channels=cfg.gin_channels)
-        self.flow = ResidualCouplingBlock(cfg.inter_channels, cfg.hidden_channels, 5, 1, 4, gin_channels=cfg.gin_channels)
-        self.ref_enc = MelStyleEncoder(cfg.ref_enc_bins, style_vector_dim=cfg.gin_channels)
-        self.ssl_proj = _ssl_proj(cfg)
-        self.quantizer = ResidualVectorQuantizer(dimension=cfg.ssl_dim, n_q=1, bins=cfg.codebook_size)
-        if cfg.is_pro:
-            self.sv_emb = nn.Linear(cfg.sv_dim, cfg.gin_channels)
-            self.ge_to512 = nn.Linear(cfg.gin_channels, cfg.mrte_hidden)
-            self.prelu = nn.PReLU(num_parameters=cfg.gin_channels)
-
-    @property
-    def frames_per_code(self) -> int:
-        return 2 if self.cfg.semantic_frame_rate == "25hz" else 1
-
-    # ------------------------------------------------------------------ pieces
     def text_condition(self, ge: torch.Tensor) -> torch.Tensor:
         """The speaker vector the text encoder's MRTE adds: ge [B, gin, 1] itself, or for Pro models
         its projection to the MRTE width [B, mrte_hidden, 1]."""
         if not self.cfg.is_pro:
             return ge
         return self.ge_to512(ge.transpose(1, 2)).transpose(1, 2)
+
+    def extract_latent(self, ssl: torch.Tensor) -> torch.Tensor:
+        """HuBERT features [B, 768, T50] -> semantic codes [B, 1, T50 // 2] (an odd last frame is dropped)."""
+        return self.quantizer.encode(self.ssl_proj(ssl)).transpose(0, 1)
 
     def codes_to_features(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, Tc] -> codebook vectors repeated to the latent rate [B, 768, Tc * frames_per_code]."""
