@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import re
 import shutil
 import statistics
@@ -207,7 +208,13 @@ def part_fairness(args, root: Path) -> dict:
         stream(srv.target, args, "m1", seed=1)
 
         def probe(i) -> float:
-            return stream(srv.target, args, "m2", seed=i).ttfa_ms
+            """Time to first audio of one request on m2 (the stream is closed after its first chunk)."""
+            with TtsClient(srv.target, timeout=600) as c:
+                t0 = time.monotonic()
+                for _ in c.stream_chunks(TEXTS[i % len(TEXTS)], "a", language=args.lang, seed=i, model="m2",
+                                         max_audio_seconds=args.max_audio_seconds):
+                    return 1000 * (time.monotonic() - t0)
+            raise RuntimeError("no audio")
 
         probe(0)
         alone = [probe(i) for i in range(1, args.probes + 1)]
@@ -290,7 +297,8 @@ def run(args) -> int:
         return 2
     root = Path(tempfile.mkdtemp(prefix="gsv-bench-models-"))
     report = {"benchmark": "models", "machine": machine(), "bundle": str(args.bundle), "backend": args.backend,
-              "max_audio_seconds": args.max_audio_seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+              "max_audio_seconds": args.max_audio_seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "load_average_start": os.getloadavg()}
     try:
         if "memory" in parts or "load" in parts:
             report["memory"], report["load"] = part_memory_and_load(args, root, weight_bytes(Path(args.bundle),
@@ -304,6 +312,7 @@ def run(args) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+    report["load_average_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(report, indent=2))
     summary = {"out": args.out}
     for key, path in (("overhead_fraction_mean", ("memory", "overhead_fraction_mean")),
