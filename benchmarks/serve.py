@@ -211,8 +211,10 @@ async def open_loop(target, args, rate: float):
         return list(results), time.monotonic() - t0
 
 
-def run_level(target, args, kind: str, value, metrics_url, grpc_target=None):
+def run_level(target, args, kind: str, value, metrics_url):
     before = scrape(metrics_url)
+    door = doors.as_door(target)
+    grpc_target = door.address if door.protocol == "grpc" else None  # (ListModels: loads and unloads)
     states = model_states(grpc_target) if args.models and grpc_target else {}
     fn = closed_loop if kind == "concurrency" else open_loop
     results, wall = asyncio.run(fn(target, args, value))
@@ -289,7 +291,7 @@ def machine() -> dict:
             "processor": platform.processor() or platform.machine()}
 
 
-def sweep(servers: list[tuple[str, str, str | None]], args, grpc_target=None) -> dict[str, tuple[list, list]]:
+def sweep(servers: list[tuple[str, str, str | None]], args) -> dict[str, tuple[list, list]]:
     """Run every level on every server ``(label, target, metrics_url)``, interleaved level by level
     (A B, then B A at the next level, ...), so drift of a shared machine hits both alike."""
     if args.warmup:
@@ -301,9 +303,7 @@ def sweep(servers: list[tuple[str, str, str | None]], args, grpc_target=None) ->
     steps += [("rate", float(r)) for r in args.rates.split(",") if r]
     for i, (kind, value) in enumerate(steps):
         for label, target, metrics_url in (servers if i % 2 == 0 else servers[::-1]):
-            door = doors.as_door(target)
-            lv = run_level(target, args, kind, value, metrics_url,
-                           grpc_target or (door.address if door.protocol == "grpc" else None))
+            lv = run_level(target, args, kind, value, metrics_url)
             print(f"[{label}] {kind} {value}: ttfa p50 {lv['ttfa_ms_p50']} ms, {lv['audio_seconds_per_second']:.2f} "
                   f"audio s/s, underruns {lv['underruns']}, errors {lv['errors']}", file=sys.stderr)
             out[label][0 if kind == "concurrency" else 1].append(lv)
@@ -357,7 +357,7 @@ def run(args) -> int:
                                    for p, d in targets.items()}
                 report["levels"] = []
             else:
-                runs = sweep([(p, d, metrics) for p, d in targets.items()], args, grpc_target)
+                runs = sweep([(p, d, metrics) for p, d in targets.items()], args)
                 report["protocols"] = {p: {"levels": runs[p][0], "poisson": runs[p][1]} for p in protocols}
                 report["levels"], report["poisson"] = runs[protocols[0]]
                 if "grpc" in protocols and len(protocols) > 1:
