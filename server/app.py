@@ -98,13 +98,13 @@ class ServerState:
 
 
 def build_engine(config: ServerConfig, metrics: ServerMetrics, runner: EngineRunner, model: Model,
-                 warm: bool, memory=None) -> Engine:
+                 warm: bool, memory=None, decode_budget: float | None = None) -> Engine:
     """A model's backends and engine (on the runner's condition), warmed up unless told otherwise."""
     gpt, audio = open_backends(model.bundle, model.backend, device=config.device, threads=config.thread_plan(),
                                memory=memory)
     engine = Engine(gpt, audio, max_live=config.max_live, max_decode_batch=config.max_decode_batch,
                     observer=metrics.for_model(model.model_id), deadline_chunks=config.deadline_chunks, cv=runner.cv,
-                    decode_call_budget_s=config.decode_call_budget_s)
+                    decode_call_budget_s=decode_budget)
     if warm:
         warm_up_engine(engine)
     return engine
@@ -117,14 +117,15 @@ def build_state(config: ServerConfig) -> ServerState:
     metrics.build_info.info({"version": __version__})
     runner = EngineRunner(config.max_live, stage_priority=config.stage_priority)
     models, default = discover(config)
-    memory = config.memory_plan(len(models))
+    memory, budget = config.memory_plan(len(models)), config.decode_budget(len(models))
     loading = [default] + [m for m in dict.fromkeys(config.preload) if m != default]
     if config.max_resident_models is not None and len(loading) > config.max_resident_models:
         raise GsvError(f"the default model and --preload are {len(loading)} models; --max-resident-models is "
                        f"{config.max_resident_models}")
     shared = SharedParts(config.device)
     host = ModelHost(models, default, max_resident=config.max_resident_models, metrics=metrics, runner=runner,
-                     shared=shared, build_engine=lambda m, warm: build_engine(config, metrics, runner, m, warm, memory))
+                     shared=shared, build_engine=lambda m, warm: build_engine(config, metrics, runner, m, warm, memory,
+                                                                             budget))
     for m in models:
         if m.bundle is not None:
             metrics.model_info.labels(m.model_id, m.version, m.backend, m.precision, str(m.bundle.sample_rate)).set(1)

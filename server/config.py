@@ -5,6 +5,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+MULTI_MODEL_DECODE_BUDGET_S = 0.25  # measured: tests/server/test_models.py fairness, gsv-bench models
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     bundle: Path | None  # a model (None: only ``bundles`` / ``models_dir``)
@@ -21,9 +24,10 @@ class ServerConfig:
     max_live: int = 8
     max_queue: int = 16
     max_decode_batch: int = 4
-    # a decoder call batches windows only up to this estimated time, so a new stream's first chunk
-    # never waits behind a long call (measured: see README "Many models in one server")
-    decode_call_budget_s: float | None = 0.25
+    # a decoder call batches windows only up to this estimated time, so a new stream's first chunk never
+    # waits behind a long call of another model's work; None: 0.25 s when the server holds several
+    # models, unbounded with one (see README "Many models in one server")
+    decode_call_budget_s: float | None = None
     deadline_chunks: bool = True  # cut shorter chunks when a listener would otherwise run dry
     stage_priority: bool = True  # the GPT step waits while the decoder renders a window a listener waits for
     max_text_chars: int = 2000
@@ -67,12 +71,19 @@ class ServerConfig:
         return self.http_host if self.http_host is not None else self.host
 
     def memory_plan(self, models: int):
-        """Sessions of a server holding ``models`` models: one shared activation arena always (models
-        never need their peaks at once), pre-packed weights only for one model unless told otherwise."""
+        """Sessions of a server holding ``models`` models: with several, one shared activation arena (models
+        never need their peaks at once) and no pre-packed weight copies unless told otherwise; with one,
+        ONNX Runtime's defaults (its per-session arenas measured as fast or faster)."""
         from gsv.backends.base import MemoryPlan
 
         prepack = self.onnx_prepack if self.onnx_prepack is not None else models <= 1
-        return MemoryPlan(shared_arena=True, prepack=prepack)
+        return MemoryPlan(shared_arena=models > 1, prepack=prepack)
+
+    def decode_budget(self, models: int) -> float | None:
+        """Seconds a decoder call may batch (see ``decode_call_budget_s``)."""
+        if self.decode_call_budget_s is not None:
+            return self.decode_call_budget_s
+        return MULTI_MODEL_DECODE_BUDGET_S if models > 1 else None
 
     def thread_plan(self):
         """Threads of the two concurrent stages; the decoder's idle threads sleep instead of spinning.

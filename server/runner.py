@@ -47,7 +47,7 @@ STARTUP_VISITS = 3
 # needed yet — its listener keeps at least this much audio beyond the window's estimated decode time —
 # so the first chunk does not queue behind a long call of buffered work (on a CPU a call cannot be
 # interrupted; a flooded model's relaxed windows take hundreds of milliseconds).
-DEFER_MARGIN_S = 0.3
+DEFER_MARGIN_S = 0.3  # (with several engines; one engine keeps the single-model behaviour)
 
 
 class EngineRunner:
@@ -200,7 +200,7 @@ class EngineRunner:
         if best is None:
             return 0.0 if did else IDLE_WAIT_S
         not_first, deadline, _, tokens = best_key
-        if not_first and self._start_pending(engines):
+        if not_first and len(engines) > 1 and self._start_pending(engines):
             spare = deadline - time.monotonic() - tokens * best.decode_s_per_token - DEFER_MARGIN_S
             if spare > 0:  # a first chunk is coming and this window can wait
                 return 0.0 if did else min(spare, IDLE_WAIT_S)
