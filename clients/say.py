@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out = {"ttfa_ms": round(r.ttfa_ms, 1) if r.ttfa_ms is not None else None, "total_ms": round(r.total_ms, 1),
            "audio_seconds": round(r.audio_seconds, 3), "chunks": len(r.chunks), "seed": r.seed,
-           "request_id": r.request_id, "underruns": r.underruns()}
+           "request_id": r.request_id, "underruns": r.underruns(), "model_id": r.model_id}
     if args.output:
         out["output"] = args.output
     print(json.dumps(out))

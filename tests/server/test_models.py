@@ -126,7 +126,24 @@ def test_concurrent_requests_of_different_models_all_complete(multi):
         assert metric(multi, "tts_model_ar_batch_size_count", {"model": m}) > 0
 
 
+def test_gsv_say_and_voices_cli_take_a_model(multi, tmp_path, capsys):
+    from clients.say import main as say
+    from clients.voices_cli import main as voices
+
+    assert say(["--server", multi.target, "--model", "gamma", "--voice", "alice", "--text", TEXT, "--seed", "1",
+                "--max-audio-seconds", "1", "-o", str(tmp_path / "out.wav")]) == 0
+    assert json.loads(capsys.readouterr().out)["model_id"] == "gamma"
+    assert say(["--server", multi.target, "--model", "nope", "--voice", "alice", "--text", TEXT,
+                "-o", str(tmp_path / "x.wav")]) == 1
+    assert "unknown model" in capsys.readouterr().err
+    assert voices(["--server", multi.target, "models"]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [m["model_id"] for m in listed] == list(MODELS) and listed[0]["default"]
+
+
 def test_models_are_listed(multi):
+    for m in MODELS:  # every model loaded (on first use)
+        stream(multi.target, m, seed=1, seconds=0.5)
     with TtsClient(multi.target) as c:
         listed = c.list_models()
         config = c.server_config()
