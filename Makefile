@@ -10,7 +10,8 @@ RESEMBLYZER := resemblyzer==0.1.4
 # model version of the demo's tiny base: v2, v2Pro or v2ProPlus (GSV_DEMO_VERSION=v2ProPlus make demo)
 GSV_DEMO_VERSION ?= v2
 
-.PHONY: setup sysdeps test test-fast demo demo-quality protos clean cpp-client gpu-check
+.PHONY: setup sysdeps test test-fast demo demo-quality protos clean cpp-client gpu-check cluster cluster-status \
+	cluster-down k8s-render
 
 setup: $(STAMP) $(SYS_STAMP)
 
@@ -22,13 +23,17 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # System packages some commands need: espeak-ng speaks the synthetic training/demo data; chromium
-# runs the playground test headless (tests/server/test_http.py); openssl makes its TLS certificate.
+# runs the playground test headless (tests/server/test_http.py); openssl makes its TLS certificate;
+# postgresql (the shared voice store) and nginx (the load balancer) run the local cluster and its
+# tests (tests/cluster).
 $(SYS_STAMP): Makefile
 	@mkdir -p $(VENV)
 	@missing=""; \
 	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
 	{ command -v chromium || command -v chromium-browser; } >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	{ command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl; } >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null 2>&1 || missing="$$missing nginx"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -74,3 +79,22 @@ cpp-client:
 	cmake -S clients/cpp -B clients/cpp/build -DCMAKE_BUILD_TYPE=Release
 	cmake --build clients/cpp/build -j2
 	@echo "built clients/cpp/build/gsv_say_cpp"
+
+# A local cluster of real processes: a throwaway PostgreSQL, $(REPLICAS) gsv-serve replicas sharing it,
+# nginx in front (deploy/lb); prints the one address clients use.  `make cluster-status`, `make cluster-down`.
+REPLICAS ?= 3
+BUNDLE ?= out/demo/voice
+CLUSTER_DIR ?= /tmp/gsv-cluster
+cluster: setup
+	$(PY) scripts/cluster.py up --replicas $(REPLICAS) --bundle $(BUNDLE) --state-dir $(CLUSTER_DIR)
+
+cluster-status: setup
+	$(PY) scripts/cluster.py status --state-dir $(CLUSTER_DIR)
+
+cluster-down: setup
+	$(PY) scripts/cluster.py down --state-dir $(CLUSTER_DIR)
+
+# The Kubernetes manifests rendered offline (kubectl client only, no cluster needed).
+K8S_TARGET ?= overlays/cpu
+k8s-render:
+	kubectl kustomize deploy/k8s/$(K8S_TARGET)

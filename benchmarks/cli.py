@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "quality": ("benchmarks.quality", "speaker similarity of synthesized held-out sentences (pretrained encoder)"),
     "capacity": ("benchmarks.capacity", "largest number of full-length streams with no underruns; the --max-live to use"),
     "memory": ("benchmarks.memory", "resident memory of gsv-serve with one voice after a run of requests (peak RSS)"),
+    "cluster": ("benchmarks.cluster", "scale-out through the nginx balancer: 1/2/3 local replicas, overhead, spread"),
     "soak": ("benchmarks.soak", "hours of mixed traffic: errors by code, server memory growth, latency drift"),
     "receptive-field": ("benchmarks.receptive_field", "how far one input token changes the SoVITS decoder/flow/vocoder outputs"),
     "versions": ("benchmarks.versions", "v2 / v2Pro / v2ProPlus bundles side by side (GPT, decoder, registration cost)"),

@@ -34,7 +34,7 @@ def as_door(target) -> Door:
 @contextlib.asynccontextmanager
 async def open_client(door: Door, token: str | None, connections: int = 64):
     if door.protocol == "grpc":
-        async with AsyncTtsClient(door.address, token=token) as client:
+        async with AsyncTtsClient(door.address, token=token, retry=None) as client:  # measure, never retry
             yield client
     else:
         import logging

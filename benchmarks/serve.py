@@ -5,6 +5,7 @@
     gsv-bench serve --protocol grpc,http,openai,ws --launch "bundle=B,max-audio-seconds=6" --ref-audio R.wav ... --out R.json
     gsv-bench serve --protocol http --burst 100 --launch "bundle=B,max-live=2,max-queue=4" ... --out R.json
     gsv-bench serve --models m1,m2,m3 [--distribution zipf] --launch "models=DIR,max-resident-models=2" ... --out R.json
+    gsv-bench serve --server LB_ADDRESS --replica-metrics URL1,URL2,... (or --cluster STATE_DIR) --out R.json
 
 ``--protocol`` picks the door(s): gRPC StreamingSynthesize, upstream ``/tts`` (raw PCM, streamed),
 OpenAI ``/v1/audio/speech`` (``pcm``) or the WebSocket session; several doors run the same sweep
@@ -23,7 +24,9 @@ requests per second.  Per level: time to first audio p50/p95/p99, inter-chunk ga
 chunk arriving after the audio received before it had finished playing), real-time factor,
 aggregate audio seconds per wall second, error codes; with ``--metrics`` (or a launched server) also
 the server's mean GPT batch size and tokens per second over the level.  ``--compare`` runs two server
-configurations level by level, interleaved, in one run and reports ratios (B / A).
+configurations level by level, interleaved, in one run and reports ratios (B / A).  Behind a load
+balancer (``--server`` = its address), ``--replica-metrics`` (or ``--cluster``, the state folder of
+``scripts/cluster.py``) adds each replica's requests and audio seconds per level, and their spread.
 """
 from __future__ import annotations
 
@@ -89,6 +92,9 @@ def add_arguments(p) -> None:
     p.add_argument("--distribution", choices=["uniform", "zipf"], default="uniform",
                    help="how --models are drawn per request")
     p.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent (model k has weight 1 / k^s)")
+    p.add_argument("--replica-metrics", default="",
+                   help="comma-separated Prometheus URLs of the replicas behind --server (per-replica figures)")
+    p.add_argument("--cluster", help="state folder of scripts/cluster.py: --server and --replica-metrics from it")
 
 
 # ----------------------------------------------------------------------------------- measuring
@@ -140,7 +146,8 @@ def summarize(results: list, errors: dict, wall: float, before: dict, after: dic
                                              - before.get("tts_semantic_tokens_total", 0)) / wall
         emitted = after.get("tts_audio_seconds_total", 0) - before.get("tts_audio_seconds_total", 0)
         decoded = after.get("tts_decoded_audio_seconds_total", 0) - before.get("tts_decoded_audio_seconds_total", 0)
-        level["decoder_overhead_ratio"] = decoded / emitted if emitted > 0 else None
+        known = "tts_decoded_audio_seconds_total" in after  # servers before the metric: unknown, not 0
+        level["decoder_overhead_ratio"] = decoded / emitted if emitted > 0 and known else None
     return level
 
 
@@ -150,7 +157,7 @@ def texts_of(args) -> list[str]:
 
 def model_plan(args, n: int) -> list[str]:
     """The model of each of ``n`` requests ("" everywhere without --models), drawn reproducibly."""
-    models = [m for m in args.models.split(",") if m]
+    models = [m for m in getattr(args, "models", "").split(",") if m]
     if not models:
         return [""] * n
     weights = [1.0 / (k + 1) ** args.zipf_s for k in range(len(models))] if args.distribution == "zipf" else None
@@ -211,11 +218,42 @@ async def open_loop(target, args, rate: float):
         return list(results), time.monotonic() - t0
 
 
+def replica_urls(args) -> list[str]:
+    return [u for u in getattr(args, "replica_metrics", "").split(",") if u]
+
+
+def scrape_replicas(urls: list[str]) -> list[dict[str, float] | None]:
+    from server.cluster import scrape as scrape_totals
+
+    return [scrape_totals(u) for u in urls]
+
+
+def replica_figures(urls: list[str], before: list, after: list) -> dict:
+    """Each replica's share of a level (requests finished, audio seconds made) and the spread of the
+    audio seconds: (max - min) / mean over the replicas."""
+    rows = []
+    for url, b, a in zip(urls, before, after):
+        if a is None or b is None:
+            rows.append({"metrics": url, "requests": None, "audio_seconds": None, "voice_store_queries": None})
+            continue
+        delta = {k: a.get(k, 0.0) - b.get(k, 0.0) for k in ("tts_requests_total", "tts_audio_seconds_total",
+                                                           "tts_voice_store_queries_total")}
+        rows.append({"metrics": url, "requests": int(delta["tts_requests_total"]),
+                     "audio_seconds": delta["tts_audio_seconds_total"],
+                     "voice_store_queries": int(delta["tts_voice_store_queries_total"])})
+    audio = [r["audio_seconds"] for r in rows if r["audio_seconds"] is not None]
+    mean = sum(audio) / len(audio) if audio else 0.0
+    return {"replicas": rows, "replica_audio_spread": (max(audio) - min(audio)) / mean if mean else None}
+
+
 def run_level(target, args, kind: str, value, metrics_url):
     before = scrape(metrics_url)
     door = doors.as_door(target)
     grpc_target = door.address if door.protocol == "grpc" else None  # (ListModels: loads and unloads)
-    states = model_states(grpc_target) if args.models and grpc_target else {}
+    multi = bool(getattr(args, "models", ""))
+    states = model_states(grpc_target) if multi and grpc_target else {}
+    urls = replica_urls(args)
+    replicas_before = scrape_replicas(urls)
     fn = closed_loop if kind == "concurrency" else open_loop
     results, wall = asyncio.run(fn(target, args, value))
     errors: dict[str, int] = {}
@@ -223,8 +261,10 @@ def run_level(target, args, kind: str, value, metrics_url):
         if doors.is_request_error(r):
             errors[doors.error_code(r)] = errors.get(doors.error_code(r), 0) + 1
     level = summarize(results, errors, wall, before, scrape(metrics_url))
+    if urls:
+        level.update(replica_figures(urls, replicas_before, scrape_replicas(urls)))
     level[kind] = value
-    if args.models:
+    if multi:
         after = model_states(grpc_target) if grpc_target else {}
         level["models"] = per_model(results, model_plan(args, args.requests), states, after)
     return level
@@ -311,6 +351,10 @@ def sweep(servers: list[tuple[str, str, str | None]], args) -> dict[str, tuple[l
 
 
 def run(args) -> int:
+    if args.cluster:  # a local cluster's state: the balancer's address and every replica's metrics
+        state = json.loads((Path(args.cluster) / "state.json").read_text())
+        args.server = args.server or state["address"]
+        args.replica_metrics = args.replica_metrics or ",".join(r["metrics"] for r in state["replicas"])
     report = {"benchmark": "serve", "machine": machine(), "requests_per_level": args.requests,
               "max_audio_seconds": args.max_audio_seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if args.compare:

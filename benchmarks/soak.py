@@ -162,7 +162,7 @@ async def reference_audio(client: AsyncTtsClient, args) -> tuple[bytes, str]:
 
 
 async def soak(args) -> Recorder:
-    async with AsyncTtsClient(args.server, token=args.token, timeout=300) as client:
+    async with AsyncTtsClient(args.server, token=args.token, timeout=300, retry=None) as client:
         reference = await reference_audio(client, args)
         rec = Recorder()
         until = rec.t0 + 60 * args.minutes

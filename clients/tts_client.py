@@ -10,10 +10,19 @@
 per-call state on the client: every call's results are returned to its caller).
 :class:`AsyncTtsClient` is the asyncio twin.  Both raise :class:`TtsError` (with the gRPC status
 code) on failure.
+
+Both retry a synthesis (and the read-only voice calls) that failed with UNAVAILABLE (a replica
+draining, dying or not ready; a load balancer with no healthy backend) or RESOURCE_EXHAUSTED (a
+full server) *before any audio was delivered* — bounded attempts, exponential backoff with
+jitter, and the server's ``grpc-retry-pushback-ms`` hint when it gives one — never after audio
+reached the caller (that would repeat speech).  ``retry=None`` turns it off.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterable, Iterator
@@ -23,6 +32,8 @@ import numpy as np
 
 from protos.tts.v1 import tts_pb2 as pb
 from protos.tts.v1 import tts_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
 
 ENCODINGS = {"pcm_s16le": pb.PCM_S16LE, "pcm_f32le": pb.PCM_F32LE, "wav": pb.WAV}
 LATENCY = {"balanced": pb.BALANCED, "lowest": pb.LOWEST_LATENCY, "quality": pb.HIGHEST_QUALITY}
@@ -44,6 +55,72 @@ class TtsError(Exception):
         except Exception:  # noqa: BLE001 - some error objects carry no metadata
             pass
         return cls(e.code(), e.details() or "", retry)
+
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of a call that failed with a RETRYABLE code before any audio was delivered."""
+
+    max_attempts: int = 4  # including the first
+    initial_backoff: float = 0.05  # seconds; attempt n waits up to initial * multiplier**n (full jitter)
+    multiplier: float = 2.0
+    max_backoff: float = 2.0
+    max_pushback: float = 5.0  # the server's retry hint is followed up to this many seconds
+
+    def __post_init__(self):
+        if self.max_attempts < 1 or self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
+            raise ValueError("RetryPolicy: max_attempts >= 1, backoffs >= 0, multiplier >= 1")
+
+    def delay(self, attempt: int, err: "TtsError") -> float | None:
+        """Seconds to wait before attempt ``attempt + 1`` (0-based ``attempt`` failed), or None: give up."""
+        if err.code not in RETRYABLE or attempt + 1 >= self.max_attempts:
+            return None
+        if err.retry_after_ms is not None and err.retry_after_ms >= 0:
+            return min(err.retry_after_ms / 1000.0, self.max_pushback)
+        return random.uniform(0, min(self.max_backoff, self.initial_backoff * self.multiplier ** attempt))
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def _retry_delay(policy: RetryPolicy | None, attempt: int, err: TtsError, t_start: float,
+                 timeout: float | None) -> float | None:
+    if policy is None:
+        return None
+    delay = policy.delay(attempt, err)
+    if delay is not None and timeout is not None and time.monotonic() + delay - t_start >= timeout:
+        return None  # no time left for another attempt
+    if delay is not None:
+        log.info("retrying after %s (attempt %d, waiting %.0f ms)", err.code.name, attempt + 2, 1000 * delay)
+    return delay
+
+
+class _Replay:
+    """The text pieces of a bidi call, replayable from the start by a retry (thread-safe: grpcio
+    reads a request iterator on its own thread, and a failed call's reader may still be pulling)."""
+
+    _END = object()
+
+    def __init__(self, pieces):
+        self._source, self._sent, self._lock = iter(pieces), [], threading.Lock()
+
+    def _next(self, i: int):
+        with self._lock:
+            if i < len(self._sent):
+                return self._sent[i]
+            p = next(self._source, self._END)
+            if p is not self._END:
+                self._sent.append(p)
+            return p
+
+    def __iter__(self):
+        i = 0
+        while (p := self._next(i)) is not self._END:
+            i += 1
+            yield p
 
 
 @dataclass
@@ -68,6 +145,7 @@ class StreamResult:
     t_start: float = 0.0
     t_first_audio: float | None = None
     t_end: float = 0.0
+    attempts: int = 1  # calls made (more than one: retried before any audio arrived)
 
     @property
     def audio(self) -> np.ndarray:
@@ -160,12 +238,21 @@ def _metadata(token: str | None):
     return (("authorization", f"Bearer {token}"),) if token else None
 
 
+def _piece(p) -> pb.BidiSynthesizeRequest:
+    text, flush = p if isinstance(p, tuple) else (p, False)
+    return pb.BidiSynthesizeRequest(input=pb.TextInput(text=text, flush=flush))
+
+
 class _Consumer:
     """Turns StreamingSynthesize/BidiSynthesize messages into a StreamResult."""
 
-    def __init__(self):
-        self.result = StreamResult(t_start=time.monotonic())
+    def __init__(self, result: StreamResult | None = None):
+        self.result = result if result is not None else StreamResult(t_start=time.monotonic())
         self.encoding = pb.PCM_S16LE
+
+    @property
+    def delivered(self) -> bool:
+        return bool(self.result.chunks)
 
     def feed(self, msg) -> AudioChunk | None:
         kind = msg.WhichOneof("event")
@@ -193,12 +280,12 @@ class _Consumer:
 
 class TtsClient:
     def __init__(self, target: str, *, token: str | None = None, tls_root_cert: bytes | None = None,
-                 timeout: float | None = 300.0):
+                 timeout: float | None = 300.0, retry: RetryPolicy | None = DEFAULT_RETRY):
         creds = grpc.ssl_channel_credentials(tls_root_cert) if tls_root_cert is not None else None
         opts = _channel_args(tls_root_cert)
         self.channel = grpc.secure_channel(target, creds, opts) if creds else grpc.insecure_channel(target, opts)
         self.stub = pb_grpc.TextToSpeechStub(self.channel)
-        self.metadata, self.timeout = _metadata(token), timeout
+        self.metadata, self.timeout, self.retry = _metadata(token), timeout, retry
 
     def close(self) -> None:
         self.channel.close()
@@ -215,36 +302,51 @@ class TtsClient:
         except grpc.FutureTimeoutError:
             raise TtsError(grpc.StatusCode.UNAVAILABLE, f"server not reachable within {timeout:g} s") from None
 
-    def _call(self, fn, request):
-        try:
-            return fn(request, timeout=self.timeout, metadata=self.metadata)
-        except grpc.RpcError as e:
-            raise TtsError.from_rpc(e) from None
+    def _call(self, fn, request, retry: bool = False):
+        t0, attempt = time.monotonic(), 0
+        while True:
+            try:
+                return fn(request, timeout=self.timeout, metadata=self.metadata)
+            except grpc.RpcError as e:
+                err = TtsError.from_rpc(e)
+            delay = _retry_delay(self.retry if retry else None, attempt, err, t0, self.timeout)
+            if delay is None:
+                raise err
+            time.sleep(delay)
+            attempt += 1
 
     # ---- synthesis
     def synthesize(self, text: str, voice: str, **kw) -> pb.SynthesizeResponse:
-        return self._call(self.stub.Synthesize, pb.SynthesizeRequest(config=config(voice, **kw), text=text))
+        """The whole utterance in one response (retried: no audio is delivered before it succeeds)."""
+        return self._call(self.stub.Synthesize, pb.SynthesizeRequest(config=config(voice, **kw), text=text), retry=True)
 
     def stream_chunks(self, text: str, voice: str, result: StreamResult | None = None,
                       **kw) -> Iterator[AudioChunk]:
         """Yield audio chunks as they arrive; pass a ``result`` to collect them, the start message and
         the summary into it (it is the caller's, so concurrent calls never share one)."""
-        consumer = _Consumer()
-        if result is not None:
-            consumer.result = result
-            result.t_start = time.monotonic()
-        call = self.stub.StreamingSynthesize(pb.SynthesizeRequest(config=config(voice, **kw), text=text),
-                                             timeout=self.timeout, metadata=self.metadata)
-        try:
-            for msg in call:
-                chunk = consumer.feed(msg)
-                if chunk is not None:
-                    yield chunk
-        except grpc.RpcError as e:
-            raise TtsError.from_rpc(e) from None
-        finally:
-            call.cancel()
-            consumer.finish()
+        request = pb.SynthesizeRequest(config=config(voice, **kw), text=text)
+        consumer = _Consumer(result)
+        consumer.result.t_start = t0 = time.monotonic()
+        attempt = 0
+        while True:
+            call = self.stub.StreamingSynthesize(request, timeout=self.timeout, metadata=self.metadata)
+            consumer.result.attempts = attempt + 1
+            try:
+                for msg in call:
+                    chunk = consumer.feed(msg)
+                    if chunk is not None:
+                        yield chunk
+                return
+            except grpc.RpcError as e:
+                err = TtsError.from_rpc(e)
+                delay = None if consumer.delivered else _retry_delay(self.retry, attempt, err, t0, self.timeout)
+                if delay is None:
+                    raise err from None
+            finally:
+                call.cancel()
+                consumer.finish()
+            time.sleep(delay)
+            attempt += 1
 
     def stream(self, text: str, voice: str, **kw) -> StreamResult:
         result = StreamResult()
@@ -254,22 +356,31 @@ class TtsClient:
 
     def bidi(self, pieces: Iterable[str | tuple[str, bool]], voice: str, **kw) -> StreamResult:
         """Send text pieces (``(text, flush)`` tuples or plain strings) and collect the audio."""
+        first = pb.BidiSynthesizeRequest(config=config(voice, **kw))
+        replay = _Replay(pieces)
 
         def requests():
-            yield pb.BidiSynthesizeRequest(config=config(voice, **kw))
-            for p in pieces:
-                text, flush = p if isinstance(p, tuple) else (p, False)
-                yield pb.BidiSynthesizeRequest(input=pb.TextInput(text=text, flush=flush))
+            yield first
+            for p in replay:
+                yield _piece(p)
 
         consumer = _Consumer()
-        try:
-            for msg in self.stub.BidiSynthesize(requests(), timeout=self.timeout, metadata=self.metadata):
-                consumer.feed(msg)
-        except grpc.RpcError as e:
-            raise TtsError.from_rpc(e) from None
-        return consumer.finish()
+        t0, attempt = consumer.result.t_start, 0
+        while True:
+            consumer.result.attempts = attempt + 1
+            try:
+                for msg in self.stub.BidiSynthesize(requests(), timeout=self.timeout, metadata=self.metadata):
+                    consumer.feed(msg)
+                return consumer.finish()
+            except grpc.RpcError as e:
+                err = TtsError.from_rpc(e)
+            delay = None if consumer.delivered else _retry_delay(self.retry, attempt, err, t0, self.timeout)
+            if delay is None:
+                raise err
+            time.sleep(delay)
+            attempt += 1
 
-    # ---- voices
+    # ---- voices (reads are retried like synthesis; writes are not: a lost answer would repeat them)
     def register_voice(self, voice_id: str, reference_audio: bytes, reference_text: str, reference_language: str,
                        consent: str, aux: list[bytes] = (), display_name: str = "", overwrite: bool = False,
                        model: str = "", reference_free: bool = False) -> pb.Voice:
@@ -290,12 +401,13 @@ class TtsClient:
         return self._call(self.stub.ListModels, pb.ListModelsRequest())
 
     def get_voice(self, voice_id: str) -> pb.Voice:
-        return self._call(self.stub.GetVoice, pb.GetVoiceRequest(voice_id=voice_id))
+        return self._call(self.stub.GetVoice, pb.GetVoiceRequest(voice_id=voice_id), retry=True)
 
     def list_voices(self, language: str = "") -> list[pb.Voice]:
         out, token = [], ""
         while True:
-            resp = self._call(self.stub.ListVoices, pb.ListVoicesRequest(page_token=token, language=language))
+            resp = self._call(self.stub.ListVoices, pb.ListVoicesRequest(page_token=token, language=language),
+                              retry=True)
             out.extend(resp.voices)
             token = resp.next_page_token
             if not token:
@@ -305,19 +417,19 @@ class TtsClient:
         self._call(self.stub.DeleteVoice, pb.DeleteVoiceRequest(voice_id=voice_id))
 
     def server_config(self) -> pb.ServerConfig:
-        return self._call(self.stub.GetServerConfig, pb.GetServerConfigRequest())
+        return self._call(self.stub.GetServerConfig, pb.GetServerConfigRequest(), retry=True)
 
 
 class AsyncTtsClient:
     """asyncio client (grpc.aio); create it inside a running event loop."""
 
     def __init__(self, target: str, *, token: str | None = None, tls_root_cert: bytes | None = None,
-                 timeout: float | None = 300.0):
+                 timeout: float | None = 300.0, retry: RetryPolicy | None = DEFAULT_RETRY):
         creds = grpc.ssl_channel_credentials(tls_root_cert) if tls_root_cert is not None else None
         opts = _channel_args(tls_root_cert)
         self.channel = grpc.aio.secure_channel(target, creds, opts) if creds else grpc.aio.insecure_channel(target, opts)
         self.stub = pb_grpc.TextToSpeechStub(self.channel)
-        self.metadata, self.timeout = _metadata(token), timeout
+        self.metadata, self.timeout, self.retry = _metadata(token), timeout, retry
 
     async def close(self) -> None:
         await self.channel.close()
@@ -328,31 +440,48 @@ class AsyncTtsClient:
     async def __aexit__(self, *exc):
         await self.close()
 
+    async def _call(self, fn, request, retry: bool = False):
+        t0, attempt = time.monotonic(), 0
+        while True:
+            try:
+                return await fn(request, timeout=self.timeout, metadata=self.metadata)
+            except grpc.RpcError as e:
+                err = TtsError.from_rpc(e)
+            delay = _retry_delay(self.retry if retry else None, attempt, err, t0, self.timeout)
+            if delay is None:
+                raise err
+            await asyncio.sleep(delay)
+            attempt += 1
+
     async def synthesize(self, text: str, voice: str, **kw) -> pb.SynthesizeResponse:
-        try:
-            return await self.stub.Synthesize(pb.SynthesizeRequest(config=config(voice, **kw), text=text),
-                                              timeout=self.timeout, metadata=self.metadata)
-        except grpc.RpcError as e:
-            raise TtsError.from_rpc(e) from None
+        return await self._call(self.stub.Synthesize, pb.SynthesizeRequest(config=config(voice, **kw), text=text),
+                                retry=True)
 
     async def stream_chunks(self, text: str, voice: str, result: StreamResult | None = None,
                             **kw) -> AsyncIterator[AudioChunk]:
-        consumer = _Consumer()
-        if result is not None:
-            consumer.result = result
-            result.t_start = time.monotonic()
-        call = self.stub.StreamingSynthesize(pb.SynthesizeRequest(config=config(voice, **kw), text=text),
-                                             timeout=self.timeout, metadata=self.metadata)
-        try:
-            async for msg in call:
-                chunk = consumer.feed(msg)
-                if chunk is not None:
-                    yield chunk
-        except grpc.RpcError as e:
-            raise TtsError.from_rpc(e) from None
-        finally:
-            call.cancel()
-            consumer.finish()
+        request = pb.SynthesizeRequest(config=config(voice, **kw), text=text)
+        consumer = _Consumer(result)
+        consumer.result.t_start = t0 = time.monotonic()
+        attempt = 0
+        while True:
+            call = self.stub.StreamingSynthesize(request, timeout=self.timeout, metadata=self.metadata)
+            consumer.result.attempts = attempt + 1
+            try:
+                async for msg in call:
+                    chunk = consumer.feed(msg)
+                    if chunk is not None:
+                        yield chunk
+                return
+            except grpc.RpcError as e:
+                err = TtsError.from_rpc(e)
+                delay = None if consumer.delivered else _retry_delay(self.retry, attempt, err, t0, self.timeout)
+                if delay is None:
+                    raise err from None
+            finally:
+                call.cancel()
+                consumer.finish()
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def stream(self, text: str, voice: str, **kw) -> StreamResult:
         result = StreamResult()
@@ -363,31 +492,34 @@ class AsyncTtsClient:
     async def bidi(self, pieces: Iterable[str | tuple[str, bool]], voice: str, *, pause: float = 0.0,
                    **kw) -> StreamResult:
         """Send text pieces (``(text, flush)`` tuples or plain strings; ``pause`` seconds apart) and
-        collect the audio; the result's timings start when the first piece is sent."""
+        collect the audio; the result's timings start when the first piece is sent.  A retry sends
+        the pieces already sent again at once, then goes on."""
         consumer = _Consumer()
+        pieces = list(pieces)
 
         async def requests():
             yield pb.BidiSynthesizeRequest(config=config(voice, **kw))
             for i, p in enumerate(pieces):
-                if i and pause:
+                if i and pause and consumer.result.attempts == 1:
                     await asyncio.sleep(pause)
-                text, flush = p if isinstance(p, tuple) else (p, False)
-                if i == 0:
+                if i == 0 and consumer.result.attempts == 1:
                     consumer.result.t_start = time.monotonic()
-                yield pb.BidiSynthesizeRequest(input=pb.TextInput(text=text, flush=flush))
+                yield _piece(p)
 
-        try:
-            async for msg in self.stub.BidiSynthesize(requests(), timeout=self.timeout, metadata=self.metadata):
-                consumer.feed(msg)
-        except grpc.RpcError as e:
-            raise TtsError.from_rpc(e) from None
-        return consumer.finish()
-
-    async def _call(self, fn, request):
-        try:
-            return await fn(request, timeout=self.timeout, metadata=self.metadata)
-        except grpc.RpcError as e:
-            raise TtsError.from_rpc(e) from None
+        t0, attempt = time.monotonic(), 0
+        while True:
+            consumer.result.attempts = attempt + 1
+            try:
+                async for msg in self.stub.BidiSynthesize(requests(), timeout=self.timeout, metadata=self.metadata):
+                    consumer.feed(msg)
+                return consumer.finish()
+            except grpc.RpcError as e:
+                err = TtsError.from_rpc(e)
+            delay = None if consumer.delivered else _retry_delay(self.retry, attempt, err, t0, self.timeout)
+            if delay is None:
+                raise err
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def register_voice(self, voice_id: str, reference_audio: bytes, reference_text: str,
                              reference_language: str, consent: str, aux: list[bytes] = (), display_name: str = "",
@@ -408,7 +540,7 @@ class AsyncTtsClient:
         return await self._call(self.stub.GetServerConfig, pb.GetServerConfigRequest())
 
     async def get_voice(self, voice_id: str) -> pb.Voice:
-        return await self._call(self.stub.GetVoice, pb.GetVoiceRequest(voice_id=voice_id))
+        return await self._call(self.stub.GetVoice, pb.GetVoiceRequest(voice_id=voice_id), retry=True)
 
     async def delete_voice(self, voice_id: str) -> None:
         await self._call(self.stub.DeleteVoice, pb.DeleteVoiceRequest(voice_id=voice_id))
@@ -416,7 +548,8 @@ class AsyncTtsClient:
     async def list_voices(self, language: str = "") -> list[pb.Voice]:
         out, token = [], ""
         while True:
-            resp = await self._call(self.stub.ListVoices, pb.ListVoicesRequest(page_token=token, language=language))
+            resp = await self._call(self.stub.ListVoices, pb.ListVoicesRequest(page_token=token, language=language),
+                                    retry=True)
             out.extend(resp.voices)
             token = resp.next_page_token
             if not token:

@@ -102,12 +102,12 @@ def recipe(sources: list[tuple[Voice, float, int]], reference_free: bool) -> dic
     return {"sources": out, "prompt": None if reference_free else out[heaviest]["voice_id"]}
 
 
-def timbre_groups(meta: dict) -> list[tuple[list[int], float]]:
-    """(reference file indices, weight) of each timbre source of a stored voice: one group of every
-    file for a registered voice, one per source for a blend."""
+def timbre_groups(meta: dict, n_references: int) -> list[tuple[list[int], float]]:
+    """(reference file indices, weight) of each timbre source of a stored voice: one group of all its
+    ``n_references`` files for a registered voice, one per source for a blend."""
     blend = meta.get("blend")
     if not blend:
-        return [(list(range(int(meta.get("references", 0)))), 1.0)]
+        return [(list(range(n_references)), 1.0)]
     return [(list(s["references"]), float(s["weight"])) for s in blend["sources"]]
 
 
@@ -128,7 +128,7 @@ def rederive(preparer, of: Voice, meta: dict, references: list[bytes], keep_prom
     The timbre is always computed with the new model (per group, mixed with the blend weights); the
     prompt is kept when ``keep_prompt`` (same phone table, BERT, HuBERT, SSL projection and quantizer:
     the prompt tokens mean the same) and recomputed from the prompt's reference otherwise."""
-    groups = timbre_groups(meta)
+    groups = timbre_groups(meta, len(references))
     if not references or any(not idx or max(idx) >= len(references) for idx, _ in groups):
         raise VoiceError(f"voice {of.voice_id!r} has no stored reference audio to prepare it for another model")
     parts = [preparer.timbre([references[i] for i in idx]) for idx, _ in groups]

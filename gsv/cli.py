@@ -66,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_import(sub)
-    from gsv import cli_synth
+    from gsv import cli_synth, cli_voice
 
     cli_synth.register(sub)
+    cli_voice.register(sub)
     try:
         from gsv import cli_text
     except ImportError:  # the text commands are optional while the frontend is being built

@@ -69,3 +69,26 @@ class VoiceError(GsvError):
 
 class OptionError(GsvError):
     """A per-request option out of its valid range."""
+
+
+class VoiceNotFound(VoiceError):
+    """No voice with that id (in the caller's namespace)."""
+
+
+class VoiceExists(VoiceError):
+    """A voice with that id exists already (or another registration of it won)."""
+
+
+class VoiceIncompatible(VoiceError):
+    """A voice used with (or blended for) a model of another family (phone table): the caller must
+    register the voice for that model (INVALID_ARGUMENT)."""
+
+
+class VoiceUnavailable(VoiceError):
+    """A stored voice that cannot be used as it is (corrupt, encrypted with a key this process does
+    not have, or prepared for another model without its reference audio): the caller's request is
+    fine, the voice must be registered again (or the key given)."""
+
+
+class StoreUnreachable(GsvError):
+    """The voice store (a database) cannot be reached now; the same call may succeed later."""

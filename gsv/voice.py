@@ -9,7 +9,6 @@ records the bundle it was prepared for and is refused for any other bundle.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -33,8 +32,6 @@ log = logging.getLogger(__name__)
 
 VOICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always used with fullmatch
 VOICE_FORMAT_VERSION = 1
-BUNDLE_ID_RE = re.compile(r"[0-9a-f]{8,64}")  # always used with fullmatch
-MODEL_PARTS_DIR = "models"  # inside a voice folder: its parts re-derived for other bundles
 SILENCE_RMS = 1e-4  # below this (about -80 dBFS) a reference is treated as silent
 CLIP_LEVEL = 0.999
 MAX_CLIPPED_FRACTION = 0.01
@@ -282,31 +279,39 @@ class VoiceStore:
     def save(self, voice: Voice, references: list[bytes] | None = None, overwrite: bool = False,
              extra: dict[str, Any] | None = None) -> Path:
         """Write the voice atomically; ``extra`` adds keys to its voice.json (e.g. a display name)."""
-        from safetensors.torch import save_file
+        meta = (extra or {}) | voice.metadata()
+        return self.write(voice.voice_id, meta, features_bytes(voice), references or [], overwrite=overwrite)
 
-        dest = self.path(voice.voice_id)
+    def write(self, voice_id: str, meta: dict[str, Any], features: bytes, references: list[bytes],
+              overwrite: bool = False) -> Path:
+        """Write one voice folder atomically from its parts: ``voice.json`` (``meta`` plus the number
+        of references), ``tensors.safetensors`` (``features``: safetensors bytes, or their encryption)
+        and ``reference_<i>.bin``."""
+        dest = self.path(voice_id)
         if dest.exists() and not overwrite:
-            raise VoiceError(f"voice {voice.voice_id!r} already exists")
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{voice.voice_id}-", dir=self.root))
+            raise VoiceError(f"voice {voice_id!r} already exists")
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{voice_id}-", dir=self.root))
         try:
-            tensors = {"prompt_bert": voice.prompt_bert.float().contiguous(),
-                       "prompt_tokens": voice.prompt_tokens.long().contiguous(),
-                       "ge": voice.ge.float().contiguous()}
-            if voice.sv_emb is not None:
-                tensors["sv_emb"] = voice.sv_emb.float().contiguous()
-            save_file(tensors, str(tmp / "tensors.safetensors"))
-            for i, data in enumerate(references or []):
+            (tmp / "tensors.safetensors").write_bytes(features)
+            for i, data in enumerate(references):
                 (tmp / f"reference_{i}.bin").write_bytes(data)
-            meta = (extra or {}) | voice.metadata() | {"references": len(references or [])}
+            meta = dict(meta) | {"voice_id": voice_id, "references": len(references)}
             (tmp / "voice.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")  # last
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-            replace_dir(tmp, dest, old=self.root / f".tmp-old-{voice.voice_id}-{os.getpid()}")
+            replace_dir(tmp, dest, old=self.root / f".tmp-old-{voice_id}-{os.getpid()}")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return dest
+
+    def read_features(self, voice_id: str) -> bytes:
+        """The stored ``tensors.safetensors`` bytes (encrypted when the voice.json has a ``key_id``)."""
+        try:
+            return (self.path(voice_id) / "tensors.safetensors").read_bytes()
+        except OSError as e:
+            raise VoiceError(f"voice {voice_id!r} is corrupt ({e.strerror})") from None
 
     def metadata(self, voice_id: str) -> dict[str, Any]:
         p = self.path(voice_id) / "voice.json"
@@ -318,82 +323,14 @@ class VoiceStore:
             raise VoiceError(f"voice {voice_id!r} is corrupt ({e})") from None
 
     def load(self, voice_id: str, bundle_id: str | None = None) -> Voice:
-        """The stored voice; with ``bundle_id``, as prepared for that bundle: the voice itself when it
-        was prepared for it, else its parts stored for it by :meth:`save_model_parts` (VoiceError
-        when there are none)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         meta = self.metadata(voice_id)
-        try:
-            t = load_file(str(self.path(voice_id) / "tensors.safetensors"))
-            voice = Voice(voice_id=meta["voice_id"], language=meta["language"], ref_text=meta["ref_text"],
-                          prompt_phones=list(meta["prompt_phones"]), prompt_bert=t["prompt_bert"],
-                          prompt_tokens=t["prompt_tokens"], ge=t["ge"], bundle_id=meta["bundle_id"],
-                          owner=meta.get("owner", ""), consent=meta.get("consent", ""),
-                          created=meta.get("created", 0.0), version=meta.get("version", 1),
-                          norm_text=meta.get("norm_text", ""), n_aux_refs=meta.get("n_aux_refs", 0),
-                          sv_emb=t.get("sv_emb"), model_version=meta.get("model_version", ""),
-                          symbol_version=meta.get("symbol_version", ""), prompt_space=meta.get("prompt_space", ""))
-        except (SafetensorError, OSError, KeyError, ValueError) as e:
-            raise VoiceError(f"voice {voice_id!r} is corrupt ({e})") from None
-        if bundle_id is None or voice.bundle_id == bundle_id:
-            return voice
-        parts = self.model_parts(voice, bundle_id) if BUNDLE_ID_RE.fullmatch(bundle_id) else None
-        if parts is None:
+        if meta.get("key_id"):
+            raise VoiceError(f"voice {voice_id!r} is encrypted (key {meta['key_id']!r}): read it through "
+                             "gsv.voicestore with the key file")
+        if bundle_id is not None and meta.get("bundle_id") != bundle_id:
             raise VoiceError(f"voice {voice_id!r} was prepared for another bundle ({meta.get('bundle_id')}); "
                              "re-register it for this bundle")
-        return parts
-
-    # ---- a voice's parts for other bundles: models/<bundle_id>.safetensors beside the voice
-    def _parts_path(self, voice_id: str, bundle_id: str) -> Path:
-        if not BUNDLE_ID_RE.fullmatch(bundle_id):
-            raise VoiceError(f"invalid bundle id {bundle_id[:40]!r}")
-        return self.path(voice_id) / MODEL_PARTS_DIR / f"{bundle_id}.safetensors"
-
-    def save_model_parts(self, voice: Voice, of: Voice) -> None:
-        """Store ``voice`` (``of`` re-derived for another bundle) beside ``of``, atomically; stamped with
-        ``of``'s version and creation time, so parts of a voice since replaced are never used."""
-        from safetensors.torch import save_file
-
-        dest = self._parts_path(of.voice_id, voice.bundle_id)
-        tensors = {"prompt_bert": voice.prompt_bert.float().contiguous(),
-                   "prompt_tokens": voice.prompt_tokens.long().contiguous(), "ge": voice.ge.float().contiguous()}
-        if voice.sv_emb is not None:
-            tensors["sv_emb"] = voice.sv_emb.float().contiguous()
-        meta = {"of": json.dumps([of.version, of.created]), "prompt_phones": json.dumps(list(voice.prompt_phones)),
-                "norm_text": voice.norm_text, "ref_text": voice.ref_text, "model_version": voice.model_version,
-                "symbol_version": voice.family, "prompt_space": voice.prompt_space}
-        dest.parent.mkdir(exist_ok=True)
-        tmp = dest.with_name(f".tmp-{dest.name}-{os.getpid()}-{id(voice)}")
-        try:
-            save_file(tensors, str(tmp), metadata=meta)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def model_parts(self, of: Voice, bundle_id: str) -> Voice | None:
-        """``of`` as stored for ``bundle_id`` by :meth:`save_model_parts` (None: none, or stale)."""
-        from safetensors import SafetensorError, safe_open
-
-        path = self._parts_path(of.voice_id, bundle_id)
-        if not path.is_file():
-            return None
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                if json.loads(meta.get("of", "null")) != [of.version, of.created]:
-                    return None  # computed for a voice since registered again
-                t = {k: f.get_tensor(k) for k in f.keys()}
-            return dataclasses.replace(
-                of, prompt_phones=json.loads(meta["prompt_phones"]), prompt_bert=t["prompt_bert"],
-                prompt_tokens=t["prompt_tokens"], ge=t["ge"], sv_emb=t.get("sv_emb"), bundle_id=bundle_id,
-                norm_text=meta.get("norm_text", ""), ref_text=meta.get("ref_text", of.ref_text),
-                model_version=meta.get("model_version", ""), symbol_version=meta.get("symbol_version", ""),
-                prompt_space=meta.get("prompt_space", ""))
-        except (SafetensorError, OSError, KeyError, ValueError) as e:
-            log.warning("voice %s: ignoring unreadable parts for bundle %s (%s)", of.voice_id, bundle_id, e)
-            return None
+        return voice_from_parts(meta, self.read_features(voice_id))
 
     def references(self, voice_id: str) -> list[bytes]:
         """The original reference files given at registration (main first)."""
@@ -408,6 +345,38 @@ class VoiceStore:
         trash = self.root / f".tmp-del-{voice_id}-{os.getpid()}"
         os.replace(p, trash)  # atomic: the voice disappears at once
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def features_bytes(voice: Voice) -> bytes:
+    """A voice's tensors (prompt BERT features, prompt tokens, speaker vector(s)) as safetensors bytes."""
+    from safetensors.torch import save
+
+    tensors = {"prompt_bert": voice.prompt_bert.float().contiguous(),
+               "prompt_tokens": voice.prompt_tokens.long().contiguous(),
+               "ge": voice.ge.float().contiguous()}
+    if voice.sv_emb is not None:
+        tensors["sv_emb"] = voice.sv_emb.float().contiguous()
+    return save(tensors)
+
+
+def voice_from_parts(meta: dict[str, Any], features: bytes) -> Voice:
+    """The :class:`Voice` of a stored ``voice.json``-shaped description and its safetensors bytes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    vid = meta.get("voice_id", "?")
+    try:
+        t = load(features)
+        return Voice(voice_id=meta["voice_id"], language=meta["language"], ref_text=meta["ref_text"],
+                     prompt_phones=list(meta["prompt_phones"]), prompt_bert=t["prompt_bert"],
+                     prompt_tokens=t["prompt_tokens"], ge=t["ge"], bundle_id=meta["bundle_id"],
+                     owner=meta.get("owner", ""), consent=meta.get("consent", ""),
+                     created=meta.get("created", 0.0), version=meta.get("version", 1),
+                     norm_text=meta.get("norm_text", ""), n_aux_refs=meta.get("n_aux_refs", 0),
+                     sv_emb=t.get("sv_emb"), model_version=meta.get("model_version", ""),
+                     symbol_version=meta.get("symbol_version", ""), prompt_space=meta.get("prompt_space", ""))
+    except (SafetensorError, KeyError, ValueError, TypeError) as e:
+        raise VoiceError(f"voice {vid!r} is corrupt ({e})") from None
 
 
 def _complete_copy(folder: Path) -> dict[str, Any] | None:

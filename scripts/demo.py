@@ -79,7 +79,7 @@ def find_pretrained(root: Path) -> dict | None:
 # The from-scratch recipe of the demo (no pretrained base): how it was chosen is in the README
 # ("What the demo voice learns") and in benchmarks/results/*/demo_quality*.json.
 SCRATCH = {"arch": "tiny", "sentences": 60, "heldout": 4, "gpt_steps": 1000, "sovits_steps": 500,
-           "sovits_args": ["--lr", 2e-3, "--warmup-steps", 500]}
+           "sovits_args": ["--lr", 2e-3, "--warmup-steps", 500], "gpt_args": ["--prompt-pairs", 0.5]}
 PRETRAINED_STEPS = 40  # full-size steps take seconds each on a CPU
 GOAL_SIMILARITY = 0.65  # the issue's goal for the default demo (pretrained speaker encoder)
 MAX_DIFFERENCE = 0.02  # INT8 vs FP32 and streamed vs whole-utterance decoding
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
         f"({f'up to {args.minutes:g} min' if args.minutes else str(recipe['sovits_steps']) + ' steps'}), bundle")
     t = time.time()
     run(tool("gsv-train"), "gpt", "--exp", work / "exp", "--epochs", 100000, "--max-steps", recipe["gpt_steps"],
-        "--grad-accum", 1, "--no-synth")
+        "--grad-accum", 1, "--no-synth", *recipe.get("gpt_args", []))
     phases["train_gpt"] = time.time() - t
     t = sovits_start = time.time()
     sovits = [tool("gsv-train"), "sovits", "--exp", work / "exp", "--epochs", 100000, *recipe["sovits_args"]]

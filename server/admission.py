@@ -11,10 +11,12 @@ no ticket: waiting for input costs no admission slot (see ``TtsService.BidiSynth
 from __future__ import annotations
 
 import hmac
+import time
 
 from server.errors import Code, RequestError
 
 MAX_TOKEN_CHARS = 4096  # longer bearer tokens are refused unread
+DRAIN_RETRY_MARGIN_MS = 100
 
 
 class Authenticator:
@@ -67,14 +69,22 @@ class Admission:
         self.in_flight = 0
         self.ready = False  # set once the backends are warm
         self.draining = False
+        self.port_closes_at: float | None = None  # (monotonic) draining: when the gRPC port stops accepting
 
     def check_open(self) -> None:
         """Refuse work while starting or draining (UNAVAILABLE: retry elsewhere or later)."""
         if self.draining:
             self.metrics.rejections.labels("draining").inc()
-            raise RequestError(Code.UNAVAILABLE, "server is draining")
+            raise RequestError(Code.UNAVAILABLE, "server is draining", self._drain_retry_ms())
         if not self.ready:
             raise RequestError(Code.UNAVAILABLE, "server is starting", self.retry_after_ms)
+
+    def _drain_retry_ms(self) -> int | None:
+        """Retry once this server's port has closed: a load balancer then sends the retry elsewhere
+        (retrying at once would land here again — the fewest calls in progress attract new ones)."""
+        if self.port_closes_at is None:
+            return None
+        return int(1000 * max(0.0, self.port_closes_at - time.monotonic())) + DRAIN_RETRY_MARGIN_MS
 
     def admit(self) -> Ticket:
         self.check_open()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -138,13 +140,31 @@ def build_state(config: ServerConfig) -> ServerState:
             log.error("--preload %s: %s", mid, e.message)
     default_model = host.default
     preparer = default_model.preparer()
-    registry = VoiceRegistry(config.voices, preparer, default_model.bundle_id, scoped=bool(config.tokens),
-                             default=default_model)
+    registry = open_registry(config, preparer, default_model.bundle_id, default=default_model)
+    metrics.watch_voices(registry)
     admission = Admission(config.max_live, config.max_queue, config.retry_after_ms, metrics)
     if config.ref_audio_dir is not None and not Path(config.ref_audio_dir).is_dir():
         raise GsvError(f"--ref-audio-dir {config.ref_audio_dir} is not a folder")
     return ServerState(config, host, runner, registry, metrics, Authenticator(config.tokens), admission,
                        ref_files=ReferenceFiles(config.ref_audio_dir, preparer, config.max_reference_bytes))
+
+
+def open_registry(config: ServerConfig, preparer, bundle_id: str, default=None) -> VoiceRegistry:
+    """The voice registry over ``--voices`` (folder or PostgreSQL), encrypted with ``--voice-key-file``;
+    ``default``: the default model (what voices are prepared for when a request names no model)."""
+    from gsv.voicestore.crypto import KeyRing
+
+    keyring = KeyRing.load(config.voice_key_file) if config.voice_key_file is not None else None
+    actor = f"gsv-serve {socket.gethostname()} pid {os.getpid()}"
+    registry = VoiceRegistry(config.voices, preparer, bundle_id, scoped=bool(config.tokens), keyring=keyring,
+                             actor=actor, default=default)
+    where = registry.backend.location
+    if keyring is None:
+        log.warning("voices in %s are stored UNENCRYPTED (reference audio and prepared features): give "
+                    "--voice-key-file to encrypt them at rest", where)
+    else:
+        log.info("voices in %s are encrypted at rest (AES-256-GCM, active key %s)", where, keyring.active)
+    return registry
 
 
 def warm_up(state: ServerState) -> None:
@@ -235,12 +255,24 @@ async def _set_health(servicer, name: str, status) -> None:
 async def drain(state: ServerState, server, health_servicer, interceptor, http=None) -> None:
     """Refuse new work (UNAVAILABLE), let in-flight streams finish up to the grace period, stop.
 
+    Health turns NOT_SERVING first and, for ``drain_notice_seconds`` (or until nothing is in
+    flight), new calls still reach this server and get UNAVAILABLE with a retry hint that points
+    past the notice period; then the gRPC port stops
+    accepting connections while the streams in flight go on, so a load balancer in front sends new
+    calls to other replicas (a refused connection is retried there; an UNAVAILABLE is not).
     Requests still running at the end of the grace period are cancelled (their clients see
     CANCELLED or UNAVAILABLE); that is expected and logged as one line, not as errors."""
+    t0 = time.monotonic()
+    deadline = t0 + state.config.drain_grace_seconds
+    notice_end = t0 + min(state.config.drain_notice_seconds, state.config.drain_grace_seconds)
+    state.admission.port_closes_at = notice_end  # refusals tell clients to retry after it
     state.admission.draining = True
     for name in ("", SERVICE_NAME):
         await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    deadline = time.monotonic() + state.config.drain_grace_seconds
+    while state.in_flight > 0 and time.monotonic() < notice_end:
+        await asyncio.sleep(0.05)
+    # grpcio stops listening and refuses new calls now; calls in flight run until the grace ends
+    stopping = asyncio.ensure_future(server.stop(max(0.0, deadline - time.monotonic())))
     while state.in_flight > 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     if state.in_flight:
@@ -251,6 +283,7 @@ async def drain(state: ServerState, server, health_servicer, interceptor, http=N
     if http is not None:  # HTTP responses still running are cancelled (their sessions end)
         await http.stop(1.0)
     await server.stop(1.0)
+    await stopping
     # grpcio has cancelled the calls still running; let their handlers unwind (free their sessions)
     # before this coroutine returns: tasks still pending when the event loop closes are cancelled
     # again by asyncio and logged by grpcio as errors
@@ -263,3 +296,4 @@ async def drain(state: ServerState, server, health_servicer, interceptor, http=N
     state.frontend_pool.shutdown(wait=False, cancel_futures=True)
     state.voice_pool.shutdown(wait=False, cancel_futures=True)
     state.encode_pool.shutdown(wait=False, cancel_futures=True)
+    await asyncio.get_running_loop().run_in_executor(None, state.registry.close)

@@ -1,6 +1,7 @@
 """``gsv-serve``: the gRPC streaming TTS server (and, with ``--http-port``, its HTTP/WebSocket doors).
 
-    gsv-serve --bundle BUNDLE --voices DIR --port P --metrics-port M [--backend ...] [--max-live N] [--max-queue N]
+    gsv-serve --bundle BUNDLE --voices DIR|postgresql://USER@HOST:PORT/DB [--voice-key-file KEYS.json]
+              --port P --metrics-port M [--backend ...] [--max-live N] [--max-queue N]
               [--http-port H [--ref-audio-dir DIR] [--no-playground]]
     gsv-serve --bundle [ID=]A --bundle [ID=]B ... | --models DIR  [--default-model ID] [--max-resident-models N]
               [--preload ID,...] --voices DIR ...
@@ -11,7 +12,9 @@ default model); models load on first use and, with ``--max-resident-models``, th
 used idle one is unloaded to make room.
 
 Ready when grpc.health.v1 reports SERVING.  SIGTERM drains in-flight streams (up to --grace
-seconds), refusing new ones with UNAVAILABLE, then exits.
+seconds), refusing new ones with UNAVAILABLE (for --drain-notice seconds with the port open and
+health NOT_SERVING, then with the port closed), then exits.  Replicas share voices through
+PostgreSQL (``--voices postgresql://...``); ``--voice-key-file`` encrypts voices at rest.
 """
 from __future__ import annotations
 
@@ -40,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx-prepack", choices=["on", "off"], default=None,
                    help="ONNX Runtime's pre-packed weight copies (faster matrix kernels, ~18%% more memory per "
                         "model); default: on with one model, off with several")
-    p.add_argument("--voices", required=True, type=Path, help="voices folder (created if missing)")
+    p.add_argument("--voices", required=True,
+                   help="voices folder (created if missing), or postgresql://USER@HOST:PORT/DB shared by replicas")
+    p.add_argument("--voice-key-file", type=Path, default=None,
+                   help='JSON {"active": ID, "keys": {ID: base64 32-byte key}}: encrypt voices at rest (AES-GCM); '
+                        "make one with `gsv voice keygen`")
     p.add_argument("--port", type=int, default=50051)
     p.add_argument("--host", default="[::]")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics HTTP port (no auth)")
@@ -66,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-text-chars", type=int, default=2000)
     p.add_argument("--max-audio-seconds", type=float, default=120.0)
     p.add_argument("--grace", type=float, default=30.0, help="seconds to let in-flight streams finish on SIGTERM")
+    p.add_argument("--drain-notice", type=float, default=1.0,
+                   help="seconds after SIGTERM during which health says NOT_SERVING before the gRPC port closes")
     p.add_argument("--bidi-idle-timeout", type=float, default=30.0,
                    help="close a BidiSynthesize stream after this many seconds without text or audio")
     p.add_argument("--http-port", type=int, default=None,
@@ -94,6 +103,7 @@ def _bundle_arg(value: str) -> tuple[str | None, Path]:
 
 
 def config_from_args(args):
+    from gsv.voicestore import is_database_url
     from server.config import ServerConfig
 
     tokens = {}
@@ -107,19 +117,22 @@ def config_from_args(args):
         if not tokens:  # never start open when the operator asked for auth
             raise GsvError(f"--tokens {args.tokens} has no tokens; auth would be off")
     try:
+        voices = args.voices if is_database_url(args.voices) else Path(args.voices)
         bundles = [_bundle_arg(b) for b in args.bundle]
         first = bundles.pop(0) if bundles and bundles[0][0] is None else None
         return ServerConfig(bundle=first[1] if first else None, bundles=tuple(bundles), models_dir=args.models,
                             default_model=args.default_model, max_resident_models=args.max_resident_models,
-                            preload=tuple(p for p in args.preload.split(",") if p), voices=args.voices,
+                            preload=tuple(p for p in args.preload.split(",") if p), voices=voices,
                             onnx_prepack=None if args.onnx_prepack is None else args.onnx_prepack == "on",
-                            port=args.port, host=args.host, metrics_port=args.metrics_port, metrics_host=args.metrics_host, backend=args.backend, device=args.device,
+                            port=args.port, host=args.host, metrics_port=args.metrics_port,
+                            metrics_host=args.metrics_host, backend=args.backend, device=args.device,
                             threads=args.threads, ar_threads=args.ar_threads,
                             decoder_threads=args.decoder_threads, max_live=args.max_live, max_queue=args.max_queue,
                             max_decode_batch=args.max_decode_batch,
                             deadline_chunks=not args.no_deadline_chunks,
                             stage_priority=args.stage_priority == "on", max_text_chars=args.max_text_chars,
                             max_audio_seconds=args.max_audio_seconds, drain_grace_seconds=args.grace,
+                            drain_notice_seconds=args.drain_notice, voice_key_file=args.voice_key_file,
                             bidi_idle_timeout=args.bidi_idle_timeout,
                             tls_cert=args.tls_cert, tls_key=args.tls_key, tokens=tokens,
                             reflection=not args.no_reflection, http_port=args.http_port, http_host=args.http_host,

@@ -11,7 +11,7 @@ MULTI_MODEL_DECODE_BUDGET_S = 0.25  # measured: tests/server/test_models.py fair
 @dataclass(frozen=True)
 class ServerConfig:
     bundle: Path | None  # a model (None: only ``bundles`` / ``models_dir``)
-    voices: Path
+    voices: Path | str  # a folder, or a postgresql:// URL shared by replicas
     port: int = 50051
     host: str = "[::]"
     metrics_port: int | None = None
@@ -37,6 +37,10 @@ class ServerConfig:
     bidi_max_buffer_seconds: float = 1.0  # buffered bidi text is synthesized after this long without a sentence end
     bidi_idle_timeout: float = 30.0  # a bidi stream with no text and no audio for this long is closed
     drain_grace_seconds: float = 30.0
+    # after SIGTERM, health says NOT_SERVING and new calls get UNAVAILABLE for this long before the
+    # gRPC port stops accepting connections (load balancers then send new calls elsewhere)
+    drain_notice_seconds: float = 1.0
+    voice_key_file: Path | None = None  # AES-GCM keys: voices are encrypted at rest when given
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tokens: dict[str, str] = field(default_factory=dict)  # bearer token -> owner name; empty = no auth
@@ -113,6 +117,8 @@ class ServerConfig:
             raise ValueError("--tls-cert and --tls-key go together")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise ValueError("--http-port must be in [0, 65535]")
+        if self.drain_notice_seconds < 0 or self.drain_grace_seconds < 0:
+            raise ValueError("--grace and --drain-notice must be >= 0 seconds")
         if not self.bidi_idle_timeout > 0:
             raise ValueError("--bidi-idle-timeout must be > 0 seconds")
         for token, owner in self.tokens.items():

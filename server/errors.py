@@ -2,6 +2,8 @@
 
 Every exception a request can end with becomes a :class:`RequestError` through :func:`failure_of`:
 
+* the voice database being unreachable (:class:`gsv.errors.StoreUnreachable`) is ``UNAVAILABLE``
+  with a retry hint;
 * bad input — a :class:`gsv.errors.GsvError` (text, options, audio, voice), a message that does not
   parse (invalid UTF-8 in a string field, truncated bytes) — is ``INVALID_ARGUMENT``; unknown and
   existing voices are ``NOT_FOUND`` / ``ALREADY_EXISTS``;
@@ -23,11 +25,15 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 
-from gsv.errors import GsvError, VoiceError
+from gsv.errors import GsvError, StoreUnreachable, VoiceExists, VoiceIncompatible, VoiceNotFound, VoiceUnavailable
+
+__all__ = ["Code", "RequestError", "VoiceNotFound", "VoiceExists", "VoiceIncompatible", "VoiceUnavailable", "StoreUnreachable", "Undecodable",
+           "shown", "failure_of", "CallInfo", "begin_call", "set_request_id", "is_fault", "report"]
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 512
+STORE_RETRY_AFTER_MS = 1000  # retry hint while the voice database is unreachable
 SHOWN_CHARS = 40
 
 
@@ -61,23 +67,6 @@ class RequestError(Exception):
         self.code, self.message, self.retry_after_ms = code, message, retry_after_ms
 
 
-class VoiceNotFound(VoiceError):
-    pass
-
-
-class VoiceExists(VoiceError):
-    pass
-
-
-class VoiceIncompatible(VoiceError):
-    """A voice used with (or blended for) a model whose version cannot take it: INVALID_ARGUMENT."""
-
-
-class VoiceUnavailable(VoiceError):
-    """A stored voice that cannot be used as it is (corrupt, or prepared for another model without
-    its reference audio): the caller's request is fine, the voice must be registered again."""
-
-
 class Undecodable(Exception):
     """A request message that does not parse (e.g. invalid UTF-8 in a string field)."""
 
@@ -96,6 +85,8 @@ def failure_of(exc: BaseException, request_id: str | None = None) -> RequestErro
         return exc
     if isinstance(exc, asyncio.CancelledError):
         return RequestError(Code.CANCELLED, "request cancelled")
+    if isinstance(exc, StoreUnreachable):  # the voice database is down: retry later (cached voices still work)
+        return RequestError(Code.UNAVAILABLE, str(exc), STORE_RETRY_AFTER_MS)
     if isinstance(exc, VoiceNotFound):
         return RequestError(Code.NOT_FOUND, str(exc))
     if isinstance(exc, VoiceExists):

@@ -15,6 +15,7 @@ import time
 from collections import deque
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gsv import constants as C
 from gsv.engine import EngineObserver
@@ -138,6 +139,10 @@ class ServerMetrics(EngineObserver):
         self.requests.labels(method, code).inc()
         self.model_requests.labels(model or NO_MODEL, method, code).inc()
 
+    def watch_voices(self, registry) -> None:
+        """Export the voice store's figures (read from the registry at each scrape)."""
+        self.registry.register(_VoiceStoreCollector(registry))
+
     # ---- engine hooks
     def on_admitted(self, session, queue_wait: float) -> None:
         pass
@@ -216,3 +221,21 @@ class ModelObserver(EngineObserver):
     def on_occupancy(self, live_rows: int, waiting: int) -> None:
         self.m.on_occupancy(live_rows, waiting, self.model)
         self._live.set(live_rows)
+
+
+class _VoiceStoreCollector:
+    """``tts_voice_store_*`` / ``tts_voice_cache_*``: the registry's own counters, read at scrape time
+    (the backend counts its statements; nothing is computed by scanning)."""
+
+    def __init__(self, registry):
+        self.voices = registry
+
+    def collect(self):
+        backend = self.voices.backend
+        yield CounterMetricFamily("tts_voice_store_queries", "Statements sent to the voice database while handling "
+                                  "requests (a cached voice costs none)", value=backend.queries)
+        yield GaugeMetricFamily("tts_voice_store_up", "1 while the voice store is reachable", value=int(backend.up))
+        yield GaugeMetricFamily("tts_voice_cache_entries", "Prepared voices held in this replica's memory",
+                                value=self.voices.cache_size)
+        yield CounterMetricFamily("tts_voice_cache_invalidations", "Cached voices dropped because another replica "
+                                  "changed or deleted them", value=self.voices.invalidations)

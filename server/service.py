@@ -56,16 +56,29 @@ class TtsService(pb_grpc.TextToSpeechServicer):
         return self.door.named(convert.synthesis_from_pb(config, self.s.config.max_audio_seconds, streaming))
 
     @staticmethod
-    async def _stream(r: convert.SynthesisRequest, events):
-        """The door's events as StreamStart, AudioData..., SynthesisSummary messages."""
+    async def _stream(r: convert.SynthesisRequest, events, hold_start: bool = False):
+        """The door's events as StreamStart, AudioData..., SynthesisSummary messages.
+
+        ``hold_start``: StreamStart goes out together with the first audio (or the summary), so a
+        stream that fails before any audio has sent nothing at all — a proxy in front (nginx) then
+        answers UNAVAILABLE, which clients retry, instead of resetting a stream it already began."""
+        held = None
         async with contextlib.aclosing(events):
             async for ev in events:
+                if isinstance(ev, Started):
+                    start = convert.stream_start_pb(r, ev)
+                    if hold_start:
+                        held = start
+                    else:
+                        yield start
+                    continue
+                if held is not None:
+                    yield held
+                    held = None
                 if isinstance(ev, Audio):
                     yield pb.SynthesizeStreamResponse(audio=pb.AudioData(
                         data=encode_pcm(ev.samples, r.encoding), sequence=ev.sequence, start_sample=ev.start_sample,
                         num_samples=ev.samples.size))
-                elif isinstance(ev, Started):
-                    yield convert.stream_start_pb(r, ev)
                 else:
                     yield pb.SynthesizeStreamResponse(summary=convert.summary_pb(ev))
 
@@ -98,7 +111,7 @@ class TtsService(pb_grpc.TextToSpeechServicer):
         r = self._request(request.config, streaming=True)
         events = self.door.synthesize(r, request.text, owner, method="StreamingSynthesize", t0=t0,
                                       deadline=_deadline(context))
-        async for msg in self._stream(r, events):
+        async for msg in self._stream(r, events, hold_start=True):
             yield msg
 
     async def BidiSynthesize(self, request_iterator, context):

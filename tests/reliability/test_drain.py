@@ -69,7 +69,7 @@ def test_sigterm_drains_in_flight_streams(tiny_full_bundle, tmp_path):
     with grpc.insecure_channel(srv.target) as ch:  # load balancers see the drain
         status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status
     assert status == health_pb2.HealthCheckResponse.NOT_SERVING
-    with TtsClient(srv.target, timeout=10) as c:
+    with TtsClient(srv.target, timeout=10, retry=None) as c:
         try:
             c.synthesize("好的。", "alice")
             refused = "OK"

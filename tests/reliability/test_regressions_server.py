@@ -233,7 +233,7 @@ def test_warm_up_happens_before_anything_is_served(tiny_full_bundle, tmp_path, m
     srv.thread.start()
     try:
         assert started.wait(60)
-        with TtsClient(srv.target) as c:
+        with TtsClient(srv.target, retry=None) as c:
             code, details = code_of(lambda: c.synthesize("好的。", "alice"))
             assert code == grpc.StatusCode.UNAVAILABLE and "starting" in details
             code, _ = code_of(lambda: c.register_voice("v", reference_wav(), REF_TEXT, "zh", consent="ok"))

@@ -77,7 +77,7 @@ def test_kill_during_registration_leaves_store_consistent(tiny_full_bundle, tmp_
 def test_overload_is_refused_at_once_and_drain(tiny_full_bundle, tmp_path):
     srv = start_server(tiny_full_bundle.path, tmp_path / "voices", max_live=1, max_queue=0)
     try:
-        with TtsClient(srv.target, timeout=120) as c:
+        with TtsClient(srv.target, timeout=120, retry=None) as c:
             register(c)
             call = c.stub.StreamingSynthesize(pb.SynthesizeRequest(
                 config=pb.SynthesisConfig(voice_id="alice", max_audio_seconds=8), text=TEXT * 3))
