@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "soak": ("benchmarks.soak", "hours of mixed traffic: errors by code, server memory growth, latency drift"),
     "receptive-field": ("benchmarks.receptive_field", "how far one input token changes the SoVITS decoder/flow/vocoder outputs"),
     "versions": ("benchmarks.versions", "v2 / v2Pro / v2ProPlus bundles side by side (GPT, decoder, registration cost)"),
+    "models": ("benchmarks.models", "several models in one server: memory, cold loads, throughput, fairness, blending"),
 }
 
 

@@ -54,14 +54,16 @@ def error_code(e: BaseException) -> str:
     return e.code.name if isinstance(e, TtsError) else e.code_name
 
 
-async def request(client, door: Door, text: str, args, i: int):
-    """One streamed request; a failure the server answered is returned (not raised)."""
+async def request(client, door: Door, text: str, args, i: int, model: str = ""):
+    """One streamed request (to ``model``; "" = the server's default); a failure the server answered
+    is returned (not raised)."""
     try:
         if door.protocol == "grpc":
             return await client.stream(text, args.voice, language=args.lang, seed=args.seed + i,
-                                       max_audio_seconds=args.max_audio_seconds, latency=args.latency)
+                                       max_audio_seconds=args.max_audio_seconds, latency=args.latency, model=model)
         return await client.stream(text, args.voice, door=HTTP_DOOR[door.protocol], language=args.lang,
-                                   seed=args.seed + i, latency=args.latency, max_audio_seconds=args.max_audio_seconds)
+                                   seed=args.seed + i, latency=args.latency, max_audio_seconds=args.max_audio_seconds,
+                                   model=model)
     except Exception as e:  # noqa: BLE001 - counted by code; anything else is a harness bug and raised
         if is_request_error(e):
             return e

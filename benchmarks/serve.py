@@ -4,6 +4,7 @@
     gsv-bench serve --compare "bundle=B1,backend=torch" "bundle=B1,backend=onnx" --ref-audio R.wav ... --out R.json
     gsv-bench serve --protocol grpc,http,openai,ws --launch "bundle=B,max-audio-seconds=6" --ref-audio R.wav ... --out R.json
     gsv-bench serve --protocol http --burst 100 --launch "bundle=B,max-live=2,max-queue=4" ... --out R.json
+    gsv-bench serve --models m1,m2,m3 [--distribution zipf] --launch "models=DIR,max-resident-models=2" ... --out R.json
     gsv-bench serve --server LB_ADDRESS --replica-metrics URL1,URL2,... (or --cluster STATE_DIR) --out R.json
 
 ``--protocol`` picks the door(s): gRPC StreamingSynthesize, upstream ``/tts`` (raw PCM, streamed),
@@ -12,6 +13,10 @@ interleaved level by level and are reported with their ratios to gRPC (``ratios_
 HTTP doors take no per-request audio cap: give the server one (``max-audio-seconds=`` in the spec).
 ``--burst N`` sends N requests at once and reports how fast the excess is refused and how the
 admitted streams are delivered.
+
+``--models A,B,C`` spreads the requests over several models of one server (``--distribution uniform``
+or ``zipf``: model k drawn with probability proportional to 1 / k^s) and adds, per level, each model's
+time to first audio and the loads/unloads the server did (its ListModels before and after).
 
 Closed loop: at each concurrency level, that many clients each stream one request after another
 until ``--requests`` requests have completed.  Open loop (``--rates``): Poisson arrivals at the given
@@ -83,6 +88,10 @@ def add_arguments(p) -> None:
     p.add_argument("--ref-audio", help="reference audio to register --voice on launched servers")
     p.add_argument("--ref-text")
     p.add_argument("--ref-lang")
+    p.add_argument("--models", default="", help="spread requests over these model ids (comma-separated)")
+    p.add_argument("--distribution", choices=["uniform", "zipf"], default="uniform",
+                   help="how --models are drawn per request")
+    p.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent (model k has weight 1 / k^s)")
     p.add_argument("--replica-metrics", default="",
                    help="comma-separated Prometheus URLs of the replicas behind --server (per-replica figures)")
     p.add_argument("--cluster", help="state folder of scripts/cluster.py: --server and --replica-metrics from it")
@@ -146,16 +155,48 @@ def texts_of(args) -> list[str]:
     return args.text or TEXTS.get(args.lang, TEXTS["en"])
 
 
+def model_plan(args, n: int) -> list[str]:
+    """The model of each of ``n`` requests ("" everywhere without --models), drawn reproducibly."""
+    models = [m for m in getattr(args, "models", "").split(",") if m]
+    if not models:
+        return [""] * n
+    weights = [1.0 / (k + 1) ** args.zipf_s for k in range(len(models))] if args.distribution == "zipf" else None
+    return random.Random(args.seed).choices(models, weights=weights, k=n)
+
+
+def model_states(target) -> dict:
+    """{model: (loads, unloads)} from the server's ListModels ({} when it cannot answer)."""
+    try:
+        with TtsClient(target, timeout=30) as c:
+            return {m.model_id: (m.loads, m.unloads) for m in c.list_models().models}
+    except Exception:  # noqa: BLE001 - an older server, or an HTTP-only target
+        return {}
+
+
+def per_model(results, plan, before: dict, after: dict) -> dict:
+    """Per model: requests, ok, TTFA p50/p95, and the server's loads/unloads during the level."""
+    out = {}
+    for m in sorted(set(plan)):
+        ok = [r for r, pm in zip(results, plan) if pm == m and isinstance(r, StreamResult)]
+        ttfa = [r.ttfa_ms for r in ok if r.ttfa_ms is not None]
+        b, a = before.get(m, (0, 0)), after.get(m, (0, 0))
+        out[m or "default"] = {"requests": sum(pm == m for pm in plan), "ok": len(ok),
+                               "ttfa_ms_p50": percentile(ttfa, 50), "ttfa_ms_p95": percentile(ttfa, 95),
+                               "loads": a[0] - b[0], "unloads": a[1] - b[1]}
+    return out
+
+
 async def closed_loop(target, args, concurrency: int):
     door = doors.as_door(target)
     texts = texts_of(args)
+    plan = model_plan(args, args.requests)
     async with doors.open_client(door, args.token) as client:
         counter = iter(range(args.requests))
-        results = []
+        results = [None] * args.requests
 
         async def worker():
             for i in counter:
-                results.append(await doors.request(client, door, texts[i % len(texts)], args, i))
+                results[i] = await doors.request(client, door, texts[i % len(texts)], args, i, plan[i])
 
         t0 = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -169,8 +210,9 @@ async def open_loop(target, args, rate: float):
     async with doors.open_client(door, args.token) as client:
         tasks = []
         t0 = time.monotonic()
+        plan = model_plan(args, args.requests)
         for i in range(args.requests):
-            tasks.append(asyncio.ensure_future(doors.request(client, door, texts[i % len(texts)], args, i)))
+            tasks.append(asyncio.ensure_future(doors.request(client, door, texts[i % len(texts)], args, i, plan[i])))
             await asyncio.sleep(rng.expovariate(rate))
         results = await asyncio.gather(*tasks)
         return list(results), time.monotonic() - t0
@@ -206,6 +248,10 @@ def replica_figures(urls: list[str], before: list, after: list) -> dict:
 
 def run_level(target, args, kind: str, value, metrics_url):
     before = scrape(metrics_url)
+    door = doors.as_door(target)
+    grpc_target = door.address if door.protocol == "grpc" else None  # (ListModels: loads and unloads)
+    multi = bool(getattr(args, "models", ""))
+    states = model_states(grpc_target) if multi and grpc_target else {}
     urls = replica_urls(args)
     replicas_before = scrape_replicas(urls)
     fn = closed_loop if kind == "concurrency" else open_loop
@@ -218,6 +264,9 @@ def run_level(target, args, kind: str, value, metrics_url):
     if urls:
         level.update(replica_figures(urls, replicas_before, scrape_replicas(urls)))
     level[kind] = value
+    if multi:
+        after = model_states(grpc_target) if grpc_target else {}
+        level["models"] = per_model(results, model_plan(args, args.requests), states, after)
     return level
 
 
@@ -233,14 +282,15 @@ class LaunchedServer:
 
     def __init__(self, spec: str, args):
         opts = dict(kv.split("=", 1) for kv in spec.split(","))
-        if "bundle" not in opts:
-            raise SystemExit(f"gsv-bench: error: server spec {spec!r} needs bundle=DIR")
+        if not {"bundle", "bundles", "models"} & set(opts):
+            raise SystemExit(f"gsv-bench: error: server spec {spec!r} needs bundle=DIR, bundles=A|B or models=DIR")
         self.port, self.mport, self.hport = _free_port(), _free_port(), _free_port()
         self.voices = tempfile.mkdtemp(prefix="gsv-bench-voices-")
         # code=DIR: run the server from another checkout (a previous commit, for before/after in one run);
         # http=off: no HTTP doors (servers older than them have no --http-port)
         code, http = opts.pop("code", None), opts.pop("http", "on") != "off"
-        cmd = [sys.executable, "-m", "server", "--bundle", opts.pop("bundle"), "--voices", self.voices,
+        bundles = ([opts.pop("bundle")] if "bundle" in opts else []) + [b for b in opts.pop("bundles", "").split("|") if b]
+        cmd = [sys.executable, "-m", "server", *(a for b in bundles for a in ("--bundle", b)), "--voices", self.voices,
                "--port", str(self.port), "--metrics-port", str(self.mport), "--host", "localhost"]
         if http:
             cmd += ["--http-port", str(self.hport), "--http-host", "127.0.0.1", "--no-playground"]

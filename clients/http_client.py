@@ -97,14 +97,17 @@ class AsyncHttpTtsClient:
         await self.http.aclose()
 
     async def stream(self, text: str, voice: str, *, door: str = "tts", language: str = "", seed: int | None = None,
-                     latency: str = "balanced", max_audio_seconds: float | None = None) -> StreamResult:
+                     latency: str = "balanced", max_audio_seconds: float | None = None, model: str = "") -> StreamResult:
+        """One streamed request through ``door``; ``model``: a model id of the server ("" = its default)."""
         if door == "tts":
-            return await self._post_pcm("/tts", {
-                "text": text, "text_lang": language or "auto", "ref_audio_path": voice, "prompt_lang": language or "auto",
-                "media_type": "raw", "streaming_mode": LATENCY_STREAMING_MODE[latency],
-                "seed": -1 if seed is None else seed}, 32000)
+            body = {"text": text, "text_lang": language or "auto", "ref_audio_path": voice,
+                    "prompt_lang": language or "auto", "media_type": "raw",
+                    "streaming_mode": LATENCY_STREAMING_MODE[latency], "seed": -1 if seed is None else seed}
+            if model:
+                body["model"] = model  # (an extension of this server)
+            return await self._post_pcm("/tts", body, 32000)
         if door == "openai":
-            body = {"model": "gsv", "input": text, "voice": voice, "response_format": "pcm"}
+            body = {"model": model or "gsv", "input": text, "voice": voice, "response_format": "pcm"}
             if seed is not None:
                 body["seed"] = seed  # (extensions of this server: seed, language)
             if language:
@@ -112,7 +115,7 @@ class AsyncHttpTtsClient:
             return await self._post_pcm("/v1/audio/speech", body, OPENAI_PCM_RATE)
         if door == "ws":
             config = {"voice_id": voice, "language": language, "latency_mode": latency, "seed": seed,
-                      "max_audio_seconds": max_audio_seconds}
+                      "max_audio_seconds": max_audio_seconds, "model_id": model}
             return await self.websocket([(text, True)], {k: v for k, v in config.items() if v not in (None, "")})
         raise ValueError(f"door must be one of {DOORS}")
 

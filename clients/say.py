@@ -1,6 +1,6 @@
 """``gsv-say``: stream one sentence from a gsv server to a WAV file (or the speakers).
 
-    gsv-say --server HOST:PORT --voice V --text "Hello." -o out.wav [--max-audio-seconds S] [--seed N]
+    gsv-say --server HOST:PORT --voice V --text "Hello." -o out.wav [--model ID] [--max-audio-seconds S] [--seed N]
     gsv-say --http http://HOST:HTTP_PORT [--door ws|tts|openai] --voice V --text "Hello." -o out.wav
 
 Prints one JSON line: {"ttfa_ms", "total_ms", "audio_seconds", ...}.  Any error: one line on stderr,
@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --http: the WebSocket session, upstream-compatible /tts, or OpenAI /v1/audio/speech")
     p.add_argument("--voice", required=True)
     p.add_argument("--text", required=True)
+    p.add_argument("--model", default="", help="model id of the server (gsv-voices --server ADDR models lists them; "
+                                                "default: the server's default model)")
     p.add_argument("-o", "--output", help="WAV file to write (default: play on the speakers if possible)")
     p.add_argument("--lang", default="", help="text language (default: the voice's language)")
     p.add_argument("--max-audio-seconds", type=float, default=None)
@@ -59,7 +61,8 @@ def _via_http(args) -> StreamResult:
         verify = ssl.create_default_context(cafile=args.tls_root) if args.tls_root else True
         async with AsyncHttpTtsClient(args.http, token=args.token, timeout=args.timeout, verify=verify) as client:
             return await client.stream(args.text, args.voice, door=args.door, language=args.lang, seed=args.seed,
-                                       latency=args.latency, max_audio_seconds=args.max_audio_seconds)
+                                       latency=args.latency, max_audio_seconds=args.max_audio_seconds,
+                                       model=args.model)
 
     try:
         return asyncio.run(run())
@@ -119,14 +122,14 @@ def main(argv: list[str] | None = None) -> int:
                 r = StreamResult()
                 chunks = client.stream_chunks(args.text, args.voice, result=r, language=args.lang, seed=args.seed,
                                               max_audio_seconds=args.max_audio_seconds, speed=args.speed,
-                                              sample_rate=args.sample_rate, latency=args.latency)
+                                              sample_rate=args.sample_rate, latency=args.latency, model=args.model)
                 _emit(args, chunks, r, player)
     except (TtsError, HttpFailure, OSError) as e:
         print(f"gsv-say: error: {e}", file=sys.stderr)
         return 1
     out = {"ttfa_ms": round(r.ttfa_ms, 1) if r.ttfa_ms is not None else None, "total_ms": round(r.total_ms, 1),
            "audio_seconds": round(r.audio_seconds, 3), "chunks": len(r.chunks), "seed": r.seed,
-           "request_id": r.request_id, "underruns": r.underruns()}
+           "request_id": r.request_id, "underruns": r.underruns(), "model_id": r.model_id}
     if args.output:
         out["output"] = args.output
     print(json.dumps(out))

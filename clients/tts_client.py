@@ -139,6 +139,7 @@ class StreamResult:
     request_id: str = ""
     seed: int = 0
     sample_rate: int = 32000
+    model_id: str = ""  # the model that spoke (StreamStart)
     chunks: list[AudioChunk] = field(default_factory=list)
     summary: pb.SynthesisSummary | None = None
     t_start: float = 0.0
@@ -179,7 +180,8 @@ def config(voice: str, language: str = "", *, encoding: str = "pcm_s16le", sampl
            seed: int | None = None, temperature: float | None = None, top_k: int | None = None,
            top_p: float | None = None, repetition_penalty: float | None = None, speed: float | None = None,
            max_audio_seconds: float | None = None, latency: str = "balanced", split: str = "cut5",
-           request_id: str = "") -> pb.SynthesisConfig:
+           request_id: str = "", model: str = "") -> pb.SynthesisConfig:
+    """A SynthesisConfig; ``model``: a model id of the server (ListModels; "" = its default model)."""
     sampling = pb.SamplingParams()
     for name, value in (("seed", seed), ("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
                         ("repetition_penalty", repetition_penalty)):
@@ -188,12 +190,37 @@ def config(voice: str, language: str = "", *, encoding: str = "pcm_s16le", sampl
     c = pb.SynthesisConfig(voice_id=voice, language=language,
                            output=pb.AudioFormat(encoding=ENCODINGS[encoding], sample_rate_hz=sample_rate),
                            sampling=sampling, latency_mode=LATENCY[latency], text_split=SPLITS[split],
-                           request_id=request_id)
+                           request_id=request_id, model_id=model)
     if speed is not None:
         c.speed = speed
     if max_audio_seconds is not None:
         c.max_audio_seconds = max_audio_seconds
     return c
+
+
+def parse_blend(sources) -> list[pb.BlendSource]:
+    """``[("A", 0.7), ...]`` or ``["A:0.7", ...]`` -> BlendSource messages."""
+    out = []
+    for s in sources:
+        if isinstance(s, str):
+            vid, sep, weight = s.rpartition(":")
+            if not sep or not vid:
+                raise ValueError(f"blend source {s!r} is not VOICE:WEIGHT")
+            try:
+                s = (vid, float(weight))
+            except ValueError:
+                raise ValueError(f"blend source {s!r}: the weight is not a number") from None
+        out.append(pb.BlendSource(voice_id=s[0], weight=float(s[1])))
+    return out
+
+
+def _register_request(voice_id: str, reference_audio: bytes, reference_text: str, reference_language: str,
+                      consent: str, aux=(), display_name: str = "", overwrite: bool = False, model: str = "",
+                      reference_free: bool = False, blend=()) -> pb.RegisterVoiceRequest:
+    return pb.RegisterVoiceRequest(voice_id=voice_id, reference_audio=reference_audio, reference_text=reference_text,
+                                   reference_language=reference_language, aux_reference_audio=list(aux),
+                                   display_name=display_name, consent_statement=consent, overwrite=overwrite,
+                                   model_id=model, reference_free=reference_free, blend=parse_blend(blend))
 
 
 def decode_pcm(data: bytes, encoding: int) -> np.ndarray:
@@ -231,7 +258,7 @@ class _Consumer:
         kind = msg.WhichOneof("event")
         r = self.result
         if kind == "start":
-            r.request_id, r.seed = msg.start.request_id, msg.start.seed
+            r.request_id, r.seed, r.model_id = msg.start.request_id, msg.start.seed, msg.start.model_id
             r.sample_rate = msg.start.format.sample_rate_hz or 32000
             self.encoding = msg.start.format.encoding or pb.PCM_S16LE
         elif kind == "audio":
@@ -355,12 +382,23 @@ class TtsClient:
 
     # ---- voices (reads are retried like synthesis; writes are not: a lost answer would repeat them)
     def register_voice(self, voice_id: str, reference_audio: bytes, reference_text: str, reference_language: str,
-                       consent: str, aux: list[bytes] = (), display_name: str = "", overwrite: bool = False) -> pb.Voice:
-        req = pb.RegisterVoiceRequest(voice_id=voice_id, reference_audio=reference_audio,
-                                      reference_text=reference_text, reference_language=reference_language,
-                                      aux_reference_audio=list(aux), display_name=display_name,
-                                      consent_statement=consent, overwrite=overwrite)
-        return self._call(self.stub.RegisterVoice, req)
+                       consent: str, aux: list[bytes] = (), display_name: str = "", overwrite: bool = False,
+                       model: str = "", reference_free: bool = False) -> pb.Voice:
+        """Register a voice (prepared for ``model``, default the server's default model; usable with
+        every model of its family)."""
+        return self._call(self.stub.RegisterVoice, _register_request(
+            voice_id, reference_audio, reference_text, reference_language, consent, aux, display_name, overwrite,
+            model, reference_free))
+
+    def blend_voice(self, voice_id: str, sources, consent: str = "", display_name: str = "",
+                    overwrite: bool = False, model: str = "", reference_free: bool = False) -> pb.Voice:
+        """A new voice blended from 2-4 of your voices: ``sources`` = ``[("A", 0.7), ("B", 0.3)]`` or
+        ``["A:0.7", "B:0.3"]`` (weights normalised)."""
+        return self._call(self.stub.RegisterVoice, _register_request(
+            voice_id, b"", "", "", consent, (), display_name, overwrite, model, reference_free, sources))
+
+    def list_models(self) -> pb.ListModelsResponse:
+        return self._call(self.stub.ListModels, pb.ListModelsRequest())
 
     def get_voice(self, voice_id: str) -> pb.Voice:
         return self._call(self.stub.GetVoice, pb.GetVoiceRequest(voice_id=voice_id), retry=True)
@@ -485,11 +523,21 @@ class AsyncTtsClient:
 
     async def register_voice(self, voice_id: str, reference_audio: bytes, reference_text: str,
                              reference_language: str, consent: str, aux: list[bytes] = (), display_name: str = "",
-                             overwrite: bool = False) -> pb.Voice:
-        return await self._call(self.stub.RegisterVoice, pb.RegisterVoiceRequest(
-            voice_id=voice_id, reference_audio=reference_audio, reference_text=reference_text,
-            reference_language=reference_language, aux_reference_audio=list(aux), display_name=display_name,
-            consent_statement=consent, overwrite=overwrite))
+                             overwrite: bool = False, model: str = "", reference_free: bool = False) -> pb.Voice:
+        return await self._call(self.stub.RegisterVoice, _register_request(
+            voice_id, reference_audio, reference_text, reference_language, consent, aux, display_name, overwrite,
+            model, reference_free))
+
+    async def blend_voice(self, voice_id: str, sources, consent: str = "", display_name: str = "",
+                          overwrite: bool = False, model: str = "", reference_free: bool = False) -> pb.Voice:
+        return await self._call(self.stub.RegisterVoice, _register_request(
+            voice_id, b"", "", "", consent, (), display_name, overwrite, model, reference_free, sources))
+
+    async def list_models(self) -> pb.ListModelsResponse:
+        return await self._call(self.stub.ListModels, pb.ListModelsRequest())
+
+    async def server_config(self) -> pb.ServerConfig:
+        return await self._call(self.stub.GetServerConfig, pb.GetServerConfigRequest())
 
     async def get_voice(self, voice_id: str) -> pb.Voice:
         return await self._call(self.stub.GetVoice, pb.GetVoiceRequest(voice_id=voice_id), retry=True)

@@ -1,4 +1,4 @@
-"""``gsv voice add|list|rm|audit|keygen|rotate-key``: manage stored voices without a server.
+"""``gsv voice add|blend|list|rm|audit|keygen|rotate-key``: manage stored voices without a server.
 
 ``--voices`` is a folder or a ``postgresql://`` URL (the same stores ``gsv-serve --voices`` uses);
 ``--voice-key-file`` encrypts new voices at rest and decrypts stored ones; ``--owner`` is the
@@ -41,6 +41,19 @@ def register(sub) -> None:
     a.add_argument("--consent", default="", help="the speaker's consent statement (recorded with the voice)")
     a.add_argument("--force", action="store_true", help="replace an existing voice")
     a.set_defaults(func=cmd_add)
+    b = vs.add_parser("blend", help="store a new voice blended from 2-4 voices (timbre interpolated by weight)")
+    _store_args(b)
+    b.add_argument("--id", required=True, dest="voice_id", help="id of the new voice")
+    b.add_argument("--from", dest="sources", action="append", required=True, metavar="VOICE:WEIGHT",
+                   help="a source voice and its weight (2-4 of them; weights are normalised)")
+    b.add_argument("--bundle", help="blend as prepared for this bundle (sources prepared for another model of its "
+                                    "family are carried to it from their reference audio); default: the bundle the "
+                                    "heaviest source was prepared for")
+    b.add_argument("--reference-free", action="store_true", help="no prompt: the blend sets only the timbre")
+    b.add_argument("--display-name", default="")
+    b.add_argument("--consent", default="", help="consent statement (default: the sources' statements)")
+    b.add_argument("--force", action="store_true", help="replace an existing voice")
+    b.set_defaults(func=cmd_blend)
     ls = vs.add_parser("list", help="list voices")
     _store_args(ls, key=False)
     ls.add_argument("--json", action="store_true")
@@ -122,6 +135,85 @@ def cmd_add(args) -> int:
     finally:
         vault.backend.close()
     return 0
+
+
+def _blend_source(text: str) -> tuple[str, float]:
+    vid, sep, weight = text.rpartition(":")
+    try:
+        if not sep or not vid:
+            raise ValueError
+        return vid, float(weight)
+    except ValueError:
+        raise GsvError(f"--from {text!r}: expected VOICE:WEIGHT (e.g. alice:0.7)") from None
+
+
+def cmd_blend(args) -> int:
+    """A blend (:mod:`gsv.blend`) of stored voices, prepared for one bundle: ``--bundle``, else the one the
+    heaviest source was prepared for (every source must then be prepared for it too)."""
+    from gsv.blend import blend_voices, recipe, rederive
+    from gsv.voice import validate_voice_id
+    from gsv.voicestore.base import AuditEvent
+
+    validate_voice_id(args.voice_id)
+    sources = [_blend_source(s) for s in args.sources]
+    vault = open_vault(args)
+    try:
+        if vault.backend.exists(args.owner, args.voice_id) and not args.force:
+            raise GsvError(f"voice {args.voice_id!r} already exists (use --force to replace it)")
+        records = []
+        for vid, _ in sources:
+            validate_voice_id(vid)
+            try:
+                records.append(vault.backend.get(args.owner, vid, features=True, references=True))
+            except VoiceNotFound:
+                raise VoiceNotFound(f"unknown voice {vid!r}") from None
+        bases, refs = [vault.open(r) for r in records], [vault.references(r) for r in records]
+        families = {v.family for v in bases}
+        if len(families) > 1:
+            raise GsvError(f"cannot blend voices of incompatible versions ({', '.join(sorted(families))} phone sets)")
+        voices = _carried(args, bases, refs, records, [w for _, w in sources], rederive)
+        consent = args.consent.strip() or "blend of " + "; ".join(f"{v.voice_id} (consent: {v.consent[:200]})"
+                                                                  for v in voices)
+        weighted = [(v, w) for v, (_, w) in zip(voices, sources)]
+        voice = blend_voices(args.voice_id, weighted, reference_free=args.reference_free, owner=args.owner,
+                             consent=consent)
+        meta = recipe([(v, w, len(r)) for (v, w), r in zip(weighted, refs)], args.reference_free)
+        record = vault.seal(args.owner, voice, [d for r in refs for d in r], display_name=args.display_name,
+                            consent_by=who())
+        record.meta["blend"] = meta
+        audit = AuditEvent("register", args.owner, args.voice_id, who(), consent,
+                           {"model_id": voice.bundle_id, "encrypted": bool(record.key_id), "blend": meta})
+        stored = vault.backend.put(record, overwrite=args.force, audit=audit)
+        print(json.dumps(stored.describe(), ensure_ascii=False))
+    finally:
+        vault.backend.close()
+    return 0
+
+
+def _carried(args, bases, refs, records, weights, rederive):
+    """The sources as prepared for the blend's bundle (see :func:`cmd_blend`)."""
+    if not args.bundle:
+        heaviest = bases[max(range(len(bases)), key=lambda i: (weights[i], -i))]
+        for v in bases:
+            if v.bundle_id != heaviest.bundle_id:
+                raise GsvError(f"voice {v.voice_id!r} was prepared for another model than the heaviest source "
+                               f"({heaviest.bundle_id}); give --bundle to carry the sources to one model")
+        return bases
+    from gsv.checkpoint.bundle import Bundle
+    from gsv.pipeline import TextPreparer, make_voice_preparer
+
+    bundle = Bundle.open(args.bundle)
+    if bundle.symbol_version != bases[0].family:
+        raise GsvError(f"the voices belong to {bases[0].family} models; {args.bundle} is a {bundle.model_version} "
+                       "model of another phone set")
+    preparer, out = None, []
+    for v, r, rec in zip(bases, refs, records):
+        if v.bundle_id != bundle.bundle_id:
+            preparer = preparer or make_voice_preparer(bundle, TextPreparer.from_bundle(bundle))
+            keep = bool(v.prompt_space) and v.prompt_space == bundle.prompt_space()
+            v = rederive(preparer, v, rec.describe(), r, keep_prompt=keep)
+        out.append(v)
+    return out
 
 
 def cmd_list(args) -> int:

@@ -68,19 +68,26 @@ class _Marker:
 
 class Engine:
     def __init__(self, gpt: GPTBackend, audio: AudioBackend, *, max_live: int = 8, max_decode_batch: int = 4,
-                 observer: EngineObserver | None = None, deadline_chunks: bool = False):
+                 observer: EngineObserver | None = None, deadline_chunks: bool = False,
+                 cv: threading.Condition | None = None, decode_call_budget_s: float | None = None):
         """``deadline_chunks``: cut a shorter chunk when a stream's listener (playing since its first
         audio) would run dry before the planned chunk is decoded.  For live serving; off by default
-        because it makes chunk boundaries depend on timing (offline output stays reproducible)."""
+        because it makes chunk boundaries depend on timing (offline output stays reproducible).
+        ``cv``: the condition guarding this engine's queues, shared by engines that one scheduler
+        drives (a server with several models), so it can wait for work on any of them.
+        ``decode_call_budget_s``: windows join a decoder batch only while its estimated time stays
+        within this (the head window always goes): a call cannot be interrupted, so it bounds how long
+        a new stream's first chunk can wait behind it (None: no bound)."""
         if gpt.config.vocab_size != audio.config.codebook_size + 1:
             raise ValueError("GPT vocabulary and SoVITS codebook do not match")
         self.gpt, self.audio = gpt, audio
         self.max_live, self.max_decode_batch = max_live, max_decode_batch
+        self.decode_call_budget_s = decode_call_budget_s
         self.observer = observer or EngineObserver()
         self.cache = gpt.new_cache()
         self.rows: list[Session] = []  # live GPT rows, in KV-cache row order
         self.waiting: deque[Session] = deque()  # need a prefill (new request or next segment)
-        self.cv = threading.Condition()
+        self.cv = cv if cv is not None else threading.Condition()
         self.queues: dict[Session, deque] = {}  # per-session FIFO of DecodeJob/_Marker
         self.noise_channels = audio.config.inter_channels
         self.deadline_chunks = deadline_chunks
@@ -130,6 +137,14 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self.rows or self.waiting)
 
+    def starting(self) -> tuple[bool, bool]:
+        """(a row is generating its request's first chunk, a new request waits for its prefill): such
+        requests' time to first audio depends on how soon this engine steps and decodes (a scheduler
+        of several engines favours them)."""
+        with self.cv:
+            return (any(s.jobs_scheduled == 0 for s in self.rows),
+                    any(s.t_started is None for s in self.waiting))
+
     def idle(self) -> bool:
         with self.cv:
             return not self.rows and not self.waiting and not any(self.queues.values())
@@ -139,10 +154,11 @@ class Engine:
         """Report rows in use and requests waiting for one (call with ``cv`` held)."""
         self.observer.on_occupancy(len(self.rows), len(self.waiting))
 
-    def ar_step(self) -> bool:
-        """One scheduler iteration; False when there was nothing to do."""
+    def ar_step(self, max_new_rows: int | None = None) -> bool:
+        """One scheduler iteration; False when there was nothing to do.  ``max_new_rows`` caps the
+        requests given a GPT row in this iteration (a scheduler sharing rows between engines)."""
         self._retire_dead()
-        admitted = self._admit()
+        admitted = self._admit(self.max_live if max_new_rows is None else max_new_rows)
         with self.cv:
             self._occupancy()
         if not self.rows:
@@ -161,11 +177,11 @@ class Engine:
         self._end_rows(ended)
         return True
 
-    def _admit(self) -> bool:
+    def _admit(self, max_new: int) -> bool:
         with self.cv:
             batch = []
             positions = 0
-            while self.waiting and len(self.rows) + len(batch) < self.max_live:
+            while self.waiting and len(self.rows) + len(batch) < self.max_live and len(batch) < max_new:
                 s = self.waiting[0]
                 if s.cancelled or s.expired(time.monotonic()):
                     self.waiting.popleft()
@@ -286,6 +302,7 @@ class Engine:
                     self.waiting.appendleft(s)  # next segment of a running request goes first
                 elif s.may_get_more():
                     s.parked = True
+            self._occupancy()  # (a scheduler steps an engine only while it has work: report the change now)
 
     def _retire_dead(self) -> None:
         now = time.monotonic()
@@ -296,6 +313,8 @@ class Engine:
             self.rows = [s for i, s in enumerate(self.rows) if i not in set(dead)]
             for s in sessions:
                 self._finish_now(s, "cancelled" if s.cancelled else ("deadline" if s.expired(now) else s.finish_reason))
+            with self.cv:
+                self._occupancy()
 
     def _finish_now(self, s: Session, reason: str) -> None:
         with self.cv:
@@ -355,13 +374,33 @@ class Engine:
         with self.cv:
             return any(self.queues.values())
 
+    def decode_urgency(self) -> tuple[bool, tuple | None]:
+        """(markers to apply?, key of the most urgent pending window or None): (not a first chunk,
+        playback deadline, creation time, tokens), sorting in the order :meth:`decode_step` serves
+        windows: first chunks, then the nearest playback deadline, then age.
+        Keys of engines sharing a clock compare, so a scheduler can serve several engines' decoder
+        work in one global order (applying markers, which need no compute, as they come)."""
+        markers, best = False, None
+        with self.cv:
+            for q in self.queues.values():
+                for j in q:
+                    if isinstance(j, _Marker):
+                        markers = True
+                        continue
+                    key = (not j.first, j.deadline, j.created, j.codes.numel())
+                    if best is None or key < best:
+                        best = key
+                    break
+        return markers, best
+
     def wait_for_work(self, timeout: float) -> None:
         with self.cv:
             if not any(self.queues.values()):
                 self.cv.wait(timeout)
 
-    def decode_step(self) -> bool:
-        """Decode one batch of pending windows and emit their audio; False when nothing was pending."""
+    def decode_step(self, decode: bool = True) -> bool:
+        """Decode one batch of pending windows and emit their audio; False when nothing was pending.
+        Markers at the head of a queue are applied first; ``decode=False`` applies only them."""
         with self.cv:
             heads = []
             for s, q in self.queues.items():
@@ -371,7 +410,7 @@ class Engine:
                     heads.append((s, q[0]))
             decodes = [(s, j) for s, j in heads if isinstance(j, DecodeJob)]
             decodes.sort(key=lambda sj: (not sj[1].first, sj[1].deadline, sj[1].created))
-            batch = self._pick_decode_batch(decodes)
+            batch = self._pick_decode_batch(decodes) if decode else []
             for s, j in batch:
                 self.queues[s].popleft()
             now = time.monotonic()
@@ -398,11 +437,12 @@ class Engine:
         remaining = j.session.playback_deadline() - now
         return 0.0 < remaining < (j.window.w1 - j.window.vocode_start) * self.decode_s_per_token + DEADLINE_MARGIN_S
 
-    def _urgent_decode_pending(self) -> bool:
-        """(cv held) the decoder is rendering, or has queued, a window a listener is waiting for."""
+    def urgent_decode_pending(self) -> bool:
+        """The decoder is rendering, or has queued, a window a listener is waiting for."""
         now = time.monotonic()
-        return self.decoding_urgent or any(q and isinstance(q[0], DecodeJob) and self._urgent(q[0], now)
-                                           for q in self.queues.values())
+        with self.cv:
+            return self.decoding_urgent or any(q and isinstance(q[0], DecodeJob) and self._urgent(q[0], now)
+                                               for q in self.queues.values())
 
     def yield_to_decoder(self, timeout: float) -> bool:
         """For the GPT loop, before a step: on a CPU both stages use every core, so when a listener is
@@ -411,7 +451,7 @@ class Engine:
         end = time.monotonic() + timeout
         waited = False
         with self.cv:
-            while self._urgent_decode_pending() and (left := end - time.monotonic()) > 0:
+            while self.urgent_decode_pending() and (left := end - time.monotonic()) > 0:
                 waited = True
                 self.cv.wait(min(left, 0.02))  # deadlines move with time: look again soon
         return waited
@@ -463,11 +503,14 @@ class Engine:
         batch, useful, longest = [head], head[1].codes.numel(), head[1].codes.numel()
         if head[1].session.options.speed != 1.0:
             return batch
+        budget = self.decode_call_budget_s
         for sj in decodes[1:]:
             if len(batch) >= self.max_decode_batch:
                 break
             n = sj[1].codes.numel()
             if sj[1].session.options.speed != 1.0:
+                continue
+            if budget is not None and (len(batch) + 1) * max(longest, n) * self.decode_s_per_token > budget:
                 continue
             if (useful + n) / ((len(batch) + 1) * max(longest, n)) >= DECODE_BATCH_FILL:
                 batch.append(sj)

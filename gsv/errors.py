@@ -79,6 +79,11 @@ class VoiceExists(VoiceError):
     """A voice with that id exists already (or another registration of it won)."""
 
 
+class VoiceIncompatible(VoiceError):
+    """A voice used with (or blended for) a model of another family (phone table): the caller must
+    register the voice for that model (INVALID_ARGUMENT)."""
+
+
 class VoiceUnavailable(VoiceError):
     """A stored voice that cannot be used as it is (corrupt, encrypted with a key this process does
     not have, or prepared for another model without its reference audio): the caller's request is

@@ -35,15 +35,17 @@ class TextPreparer:
         self._warned = False
 
     @classmethod
-    def from_bundle(cls, bundle, device: str = "cpu") -> "TextPreparer":
-        bert = None
-        if bundle.bert_dir is not None:
+    def from_bundle(cls, bundle, device: str = "cpu", bert=None, frontend=None) -> "TextPreparer":
+        """The bundle's frontend and BERT; ``bert``/``frontend``: already loaded ones to share (a server
+        holding several models of one BERT and phone table loads them once)."""
+        if bert is None and bundle.bert_dir is not None:
             from gsv.features import BertExtractor
 
             bert = BertExtractor(bundle.bert_dir, device)
+        if bert is not None:
             if bert.dim != bundle.gpt_config.bert_dim:
                 raise GsvError(f"the bundle's BERT has {bert.dim}-d features but the GPT expects {bundle.gpt_config.bert_dim}")
-        return cls(bundle.symbol_version, bert, bundle.gpt_config.bert_dim)
+        return cls(bundle.symbol_version, bert, bundle.gpt_config.bert_dim, frontend)
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -75,19 +77,20 @@ class TextPreparer:
         return prepared, self.features(prepared)
 
 
-def make_voice_preparer(bundle, text: TextPreparer, device: str = "cpu"):
-    """A VoicePreparer with the bundle's SoVITS (torch), HuBERT (when present) and, for Pro bundles,
-    the speaker-verification network."""
+def make_voice_preparer(bundle, text: TextPreparer, device: str = "cpu", hubert=None, sv=None):
+    """A VoicePreparer with the bundle's voice layers (reference encoder, SSL projection, quantizer), HuBERT
+    (when present) and, for Pro bundles, the speaker-verification network; ``hubert``/``sv``: already
+    loaded ones to share."""
     from gsv.voice import VoicePreparer
 
-    hubert = None
-    if bundle.hubert_dir is not None:
+    if hubert is None and bundle.hubert_dir is not None:
         from gsv.features import HubertExtractor
 
         hubert = HubertExtractor(bundle.hubert_dir, device)
-        if hubert.dim != bundle.sovits_config.ssl_dim:
-            raise GsvError(f"the bundle's HuBERT has {hubert.dim}-d features but SoVITS expects {bundle.sovits_config.ssl_dim}")
-    sv = bundle.load_sv(device) if bundle.is_pro else None
+    if hubert is not None and hubert.dim != bundle.sovits_config.ssl_dim:
+        raise GsvError(f"the bundle's HuBERT has {hubert.dim}-d features but SoVITS expects {bundle.sovits_config.ssl_dim}")
+    if sv is None and bundle.is_pro:
+        sv = bundle.load_sv(device)
     return VoicePreparer(bundle, text, sovits=bundle.load_sovits(device, reference_only=True), hubert=hubert, sv=sv)
 
 

@@ -55,10 +55,19 @@ class Voice:
     norm_text: str = ""
     n_aux_refs: int = 0
     sv_emb: torch.Tensor | None = None  # Pro bundles: [1 + n_aux_refs, sv_dim], one embedding per reference
+    model_version: str = ""  # of the bundle it was prepared for (v1, v2, v2Pro, v2ProPlus; "" = unknown, old voice)
+    symbol_version: str = ""  # phone table of the prompt ("" = an old voice: v2)
+    prompt_space: str = ""  # Bundle.prompt_space() of the models whose prompt tokens it holds ("" = unknown)
 
     @property
     def reference_free(self) -> bool:
         return self.prompt_tokens.numel() == 0
+
+    @property
+    def family(self) -> str:
+        """Voices carry over between models of one family: the same phone table (v1, or v2 for v2, v2Pro
+        and v2ProPlus, which also share upstream's semantic tokens)."""
+        return self.symbol_version or "v2"
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -67,7 +76,8 @@ class Voice:
             "bundle_id": self.bundle_id, "owner": self.owner, "consent": self.consent, "created": self.created,
             "version": self.version, "reference_free": self.reference_free, "n_aux_refs": self.n_aux_refs,
             "prompt_tokens": int(self.prompt_tokens.numel()),
-            "speaker_verification": self.sv_emb is not None,
+            "speaker_verification": self.sv_emb is not None, "model_version": self.model_version,
+            "symbol_version": self.family, "prompt_space": self.prompt_space,
         }
 
 
@@ -113,42 +123,70 @@ def check_reference(samples: np.ndarray, sr: int, name: str = "reference audio",
 
 # ---------------------------------------------------------------------------------------- preparation
 class VoicePreparer:
-    """Turns references into a :class:`Voice` with the bundle's SoVITS, HuBERT and BERT."""
+    """Turns references into a :class:`Voice` with the bundle's voice layers (SoVITS reference encoder,
+    SSL projection and quantizer: ``Bundle.load_sovits(reference_only=True)`` unless given), HuBERT
+    and BERT (shared objects a server may pass in) and, for Pro bundles, the speaker-verification network.
+
+    A voice has two parts: the **prompt** (transcript phones + BERT features, and the reference's
+    semantic tokens: HuBERT -> SSL projection -> quantizer) and the **timbre** (ge from the reference
+    encoder, for Pro models combined with the speaker-verification embedding of each reference).
+    :meth:`timbre` and :meth:`prompt_tokens` compute each part alone, so a voice can be carried to
+    another model by recomputing only what depends on it."""
 
     def __init__(self, bundle, text, sovits=None, hubert=None, sv=None):
         self.bundle = bundle
         self.text = text  # gsv.pipeline.TextPreparer: prompt text -> (prepared, BERT features)
-        self.sovits = sovits if sovits is not None else bundle.load_sovits()
+        self.sovits = sovits if sovits is not None else bundle.load_sovits(reference_only=True)
         self.hubert = hubert
         self.sv = sv if sv is not None or not bundle.is_pro else bundle.load_sv()  # Pro: speaker verification
 
     @torch.no_grad()
     def prepare(self, voice_id: str, ref_audio: str | Path | bytes, ref_text: str, language: str,
                 aux_refs: list[str | Path | bytes] = (), owner: str = "", consent: str = "") -> Voice:
-        from gsv.audio import read_audio, resample_soxr, resample_torchaudio, spectrogram
-
         validate_voice_id(voice_id)
-        wav, sr = read_audio(ref_audio)
-        if not np.all(np.isfinite(wav)):
-            raise AudioError("reference audio contains NaN or infinite samples")
-        wav16 = resample_soxr(wav, sr, C.SSL_SAMPLE_RATE)
-        check_reference(wav16, C.SSL_SAMPLE_RATE)
+        wav, sr = _read_main_reference(ref_audio)
         prompt, prompt_bert = self.text.prompt(ref_text, language)  # also validates the transcript
         if self.hubert is not None:
-            ssl = self.hubert(wav16)
-            tokens = self.sovits.extract_latent(ssl.to(next(self.sovits.parameters()).dtype))[0, 0].cpu().long()
-            prompt_ids, bert = list(prompt.ids), prompt_bert
+            tokens, prompt_ids, bert = self._tokens(wav, sr), list(prompt.ids), prompt_bert
         else:
             # upstream's reference-free mode: no prompt tokens and no prompt text; the reference
             # spectrogram still sets the timbre through ge
             log.warning("no HuBERT model: voice %s is prepared for reference-free synthesis", voice_id)
             tokens = torch.zeros(0, dtype=torch.long)
             prompt_ids, bert = [], torch.zeros(self.bundle.gpt_config.bert_dim, 0)
+        ge, sv = self._timbre([(wav, sr)] + [_read_aux_reference(a, i + 1) for i, a in enumerate(aux_refs)])
+        return Voice(voice_id, language, ref_text, prompt_ids, bert, tokens, ge, self.bundle.bundle_id,
+                     owner=owner, consent=consent, norm_text=prompt.norm_text, n_aux_refs=len(aux_refs), sv_emb=sv,
+                     model_version=self.bundle.model_version, symbol_version=self.bundle.symbol_version,
+                     prompt_space=self.bundle.prompt_space())
+
+    @torch.no_grad()
+    def timbre(self, references: list[str | Path | bytes]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(ge [gin, 1], speaker-verification embeddings [n, sv_dim] or None) of references (main first),
+        as :meth:`prepare` computes them: ge is the mean over the references."""
+        refs = [_read_main_reference(references[0])] + [_read_aux_reference(a, i + 1)
+                                                        for i, a in enumerate(references[1:])]
+        return self._timbre(refs)
+
+    @torch.no_grad()
+    def prompt_tokens(self, ref_audio: str | Path | bytes) -> torch.Tensor:
+        """The prompt's semantic tokens [Ty] of a main reference with this bundle's quantizer (empty
+        without HuBERT: reference-free)."""
+        if self.hubert is None:
+            return torch.zeros(0, dtype=torch.long)
+        return self._tokens(*_read_main_reference(ref_audio))
+
+    def _tokens(self, wav: np.ndarray, sr: int) -> torch.Tensor:
+        from gsv.audio import resample_soxr
+
+        ssl = self.hubert(resample_soxr(wav, sr, C.SSL_SAMPLE_RATE))
+        return self.sovits.extract_latent(ssl.to(next(self.sovits.parameters()).dtype))[0, 0].cpu().long()
+
+    def _timbre(self, refs: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from gsv.audio import resample_torchaudio, spectrogram
+
         ges, svs = [], []
-        for i, src in enumerate([ref_audio, *aux_refs]):
-            w, r = (wav, sr) if i == 0 else read_audio(src)
-            if i:
-                check_reference(w, r, f"auxiliary reference {i}", check_length=False)
+        for w, r in refs:
             w32 = resample_torchaudio(torch.from_numpy(w).unsqueeze(0), r, C.SAMPLE_RATE)
             peak = float(w32.abs().max())
             if peak > 1:
@@ -158,10 +196,26 @@ class VoicePreparer:
                 sv = self.sv(resample_torchaudio(w32, C.SAMPLE_RATE, C.SV_SAMPLE_RATE))  # [1, sv_dim]
                 svs.append(sv[0])
             ges.append(self.sovits.speaker_embedding(spectrogram(w32), sv)[0])
-        ge = torch.stack(ges).mean(0)
-        return Voice(voice_id, language, ref_text, prompt_ids, bert, tokens, ge.cpu(), self.bundle.bundle_id,
-                     owner=owner, consent=consent, norm_text=prompt.norm_text, n_aux_refs=len(aux_refs),
-                     sv_emb=torch.stack(svs).cpu() if svs else None)
+        return torch.stack(ges).mean(0).cpu(), (torch.stack(svs).cpu() if svs else None)
+
+
+def _read_main_reference(ref_audio) -> tuple[np.ndarray, int]:
+    """The main reference (read and checked: 3-10 s of usable audio at 16 kHz)."""
+    from gsv.audio import read_audio, resample_soxr
+
+    wav, sr = read_audio(ref_audio)
+    if not np.all(np.isfinite(wav)):
+        raise AudioError("reference audio contains NaN or infinite samples")
+    check_reference(resample_soxr(wav, sr, C.SSL_SAMPLE_RATE), C.SSL_SAMPLE_RATE)
+    return wav, sr
+
+
+def _read_aux_reference(ref_audio, i: int) -> tuple[np.ndarray, int]:
+    from gsv.audio import read_audio
+
+    w, r = read_audio(ref_audio)
+    check_reference(w, r, f"auxiliary reference {i}", check_length=False)
+    return w, r
 
 
 # ---------------------------------------------------------------------------------------- storage
@@ -319,7 +373,8 @@ def voice_from_parts(meta: dict[str, Any], features: bytes) -> Voice:
                      owner=meta.get("owner", ""), consent=meta.get("consent", ""),
                      created=meta.get("created", 0.0), version=meta.get("version", 1),
                      norm_text=meta.get("norm_text", ""), n_aux_refs=meta.get("n_aux_refs", 0),
-                     sv_emb=t.get("sv_emb"))
+                     sv_emb=t.get("sv_emb"), model_version=meta.get("model_version", ""),
+                     symbol_version=meta.get("symbol_version", ""), prompt_space=meta.get("prompt_space", ""))
     except (SafetensorError, KeyError, ValueError, TypeError) as e:
         raise VoiceError(f"voice {vid!r} is corrupt ({e})") from None
 

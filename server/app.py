@@ -1,4 +1,4 @@
-"""Assembling and running the server: engine + runner, voices, text frontend, gRPC (health,
+"""Assembling and running the server: the models (engines + scheduler), voices, gRPC (health,
 reflection, optional TLS), Prometheus endpoint, graceful drain on SIGTERM."""
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ from gsv.errors import GsvError
 from protos.tts.v1 import tts_pb2, tts_pb2_grpc
 from server.admission import Admission, Authenticator
 from server.config import ServerConfig
+from server.errors import RequestError
 from server.interceptor import ErrorMappingInterceptor
 from server.metrics import ServerMetrics
+from server.models import Model, ModelHost, SharedParts, discover
 from server.ref_files import ReferenceFiles
 from server.runner import EngineRunner
 from server.service import TtsService
@@ -41,23 +43,13 @@ GRPC_OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
                 ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES)]
 
 
-def default_backend(bundle: Bundle) -> str:
-    """ONNX Runtime CPU when the bundle has ONNX graphs, torch otherwise."""
-    has_onnx = any(a.get("kind") == "onnx" and a.get("precision") == "fp32" for a in bundle.artifacts)
-    return "onnx" if has_onnx else "torch"
-
-
 @dataclass
 class ServerState:
     config: ServerConfig
-    bundle: Bundle
-    engine: Engine
-    runner: EngineRunner
+    models: ModelHost  # the served models (resident or not) and their engines
+    runner: EngineRunner  # the scheduler driving every resident model's engine
     registry: VoiceRegistry
-    text: object  # gsv.pipeline.TextPreparer
     metrics: ServerMetrics
-    backend_name: str
-    precision: str
     auth: Authenticator
     admission: Admission
     frontend_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, "gsv-frontend"))
@@ -71,9 +63,32 @@ class ServerState:
     port: int = 0
     http_port: int = 0
 
+    # ---- the default model (what a request that names no model gets)
     @property
     def model_id(self) -> str:
-        return self.bundle.bundle_id
+        return self.models.default_id
+
+    @property
+    def engine(self) -> Engine | None:
+        """The default model's engine (None while it is not resident)."""
+        return self.models.default.engine
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.models.default.bundle
+
+    @property
+    def text(self):
+        """The default model's text preparer (gsv.pipeline.TextPreparer)."""
+        return self.models.default.text
+
+    @property
+    def backend_name(self) -> str:
+        return self.models.default.backend
+
+    @property
+    def precision(self) -> str:
+        return self.models.default.precision
 
     @property
     def in_flight(self) -> int:
@@ -84,39 +99,65 @@ class ServerState:
         return self.admission.draining
 
 
-def build_state(config: ServerConfig) -> ServerState:
-    from gsv.pipeline import TextPreparer, make_voice_preparer
+def build_engine(config: ServerConfig, metrics: ServerMetrics, runner: EngineRunner, model: Model,
+                 warm: bool, memory=None, decode_budget: float | None = None) -> Engine:
+    """A model's backends and engine (on the runner's condition), warmed up unless told otherwise."""
+    gpt, audio = open_backends(model.bundle, model.backend, device=config.device, threads=config.thread_plan(),
+                               memory=memory)
+    engine = Engine(gpt, audio, max_live=config.max_live, max_decode_batch=config.max_decode_batch,
+                    observer=metrics.for_model(model.model_id), deadline_chunks=config.deadline_chunks, cv=runner.cv,
+                    decode_call_budget_s=decode_budget)
+    if warm:
+        warm_up_engine(engine)
+    return engine
 
-    bundle = Bundle.open(config.bundle)
-    backend = config.backend or default_backend(bundle)
-    gpt, audio = open_backends(bundle, backend, device=config.device, threads=config.thread_plan())
+
+def build_state(config: ServerConfig) -> ServerState:
+    """Open every model, load the default one and the ``--preload`` ones (warmed up later, in
+    :func:`serve`), the voice registry and the rest of the server state."""
     metrics = ServerMetrics()
-    engine = Engine(gpt, audio, max_live=config.max_live, max_decode_batch=config.max_decode_batch, observer=metrics,
-                    deadline_chunks=config.deadline_chunks)
-    text = TextPreparer.from_bundle(bundle)
-    preparer = make_voice_preparer(bundle, text)
-    registry = open_registry(config, preparer, bundle.bundle_id)
-    metrics.watch_voices(registry)
-    precision = "int8" if backend.endswith("int8") else ("fp16" if backend in ("trt", "onnx-fp16") else "fp32")
     metrics.build_info.info({"version": __version__})
-    metrics.model_info.info({"model": bundle.bundle_id, "version": bundle.model_version, "backend": backend,
-                             "precision": precision, "native_sample_rate_hz": str(bundle.sample_rate)})
+    runner = EngineRunner(config.max_live, stage_priority=config.stage_priority)
+    models, default = discover(config)
+    memory, budget = config.memory_plan(len(models)), config.decode_budget(len(models))
+    loading = [default] + [m for m in dict.fromkeys(config.preload) if m != default]
+    if config.max_resident_models is not None and len(loading) > config.max_resident_models:
+        raise GsvError(f"the default model and --preload are {len(loading)} models; --max-resident-models is "
+                       f"{config.max_resident_models}")
+    shared = SharedParts(config.device)
+    host = ModelHost(models, default, max_resident=config.max_resident_models, metrics=metrics, runner=runner,
+                     shared=shared, build_engine=lambda m, warm: build_engine(config, metrics, runner, m, warm, memory,
+                                                                             budget))
+    for m in models:
+        if m.bundle is not None:
+            metrics.model_info.labels(m.model_id, m.version, m.backend, m.precision, str(m.bundle.sample_rate)).set(1)
+    for mid in loading:  # warmed up in serve() (warm_up), before the engine threads start
+        try:
+            host.load_now(mid, warm=False)
+        except RequestError as e:
+            if mid == default:
+                raise GsvError(f"the default model {mid} cannot be loaded: {e.message}") from None
+            log.error("--preload %s: %s", mid, e.message)
+    default_model = host.default
+    preparer = default_model.preparer()
+    registry = open_registry(config, preparer, default_model.bundle_id, default=default_model)
+    metrics.watch_voices(registry)
     admission = Admission(config.max_live, config.max_queue, config.retry_after_ms, metrics)
     if config.ref_audio_dir is not None and not Path(config.ref_audio_dir).is_dir():
         raise GsvError(f"--ref-audio-dir {config.ref_audio_dir} is not a folder")
-    return ServerState(config, bundle, engine, EngineRunner(engine, stage_priority=config.stage_priority), registry, text, metrics, backend, precision,
-                       Authenticator(config.tokens), admission,
+    return ServerState(config, host, runner, registry, metrics, Authenticator(config.tokens), admission,
                        ref_files=ReferenceFiles(config.ref_audio_dir, preparer, config.max_reference_bytes))
 
 
-def open_registry(config: ServerConfig, preparer, bundle_id: str) -> VoiceRegistry:
-    """The voice registry over ``--voices`` (folder or PostgreSQL), encrypted with ``--voice-key-file``."""
+def open_registry(config: ServerConfig, preparer, bundle_id: str, default=None) -> VoiceRegistry:
+    """The voice registry over ``--voices`` (folder or PostgreSQL), encrypted with ``--voice-key-file``;
+    ``default``: the default model (what voices are prepared for when a request names no model)."""
     from gsv.voicestore.crypto import KeyRing
 
     keyring = KeyRing.load(config.voice_key_file) if config.voice_key_file is not None else None
     actor = f"gsv-serve {socket.gethostname()} pid {os.getpid()}"
     registry = VoiceRegistry(config.voices, preparer, bundle_id, scoped=bool(config.tokens), keyring=keyring,
-                             actor=actor)
+                             actor=actor, default=default)
     where = registry.backend.location
     if keyring is None:
         log.warning("voices in %s are stored UNENCRYPTED (reference audio and prepared features): give "
@@ -127,21 +168,26 @@ def open_registry(config: ServerConfig, preparer, bundle_id: str) -> VoiceRegist
 
 
 def warm_up(state: ServerState) -> None:
-    """One prefill + decode step + decoder call with dummy inputs, so the first request is not slow.
+    """Warm up the engines loaded at start (before the engine threads start and before any request
+    is admitted: a backend's IO binding or execution context must not be used by two threads at once)."""
+    for engine in state.runner.engines:
+        warm_up_engine(engine)
 
-    Runs before the engine threads start and before any request is admitted: a backend's IO
-    binding (ONNX Runtime) or execution context (TensorRT) must not be used by two threads at once."""
+
+def warm_up_engine(engine: Engine) -> None:
+    """One prefill + decode step + decoder call with dummy inputs, so the first request is not slow.
+    Runs before the engine is driven by the scheduler threads."""
     import torch
 
-    cfg = state.engine.gpt.config
+    cfg = engine.gpt.config
     phones = torch.zeros(1, 8, dtype=torch.long)
     bert = torch.zeros(1, cfg.bert_dim, 8)
     prompt = torch.zeros(1, 4, dtype=torch.long)
-    _, k, v, lens = state.engine.gpt.prefill(phones, torch.tensor([8]), bert, prompt, torch.tensor([4]))
-    state.engine.gpt.decode_step(torch.zeros(1, dtype=torch.long), torch.tensor([4]), k, v, lens)
-    scfg = state.engine.audio.config
-    state.engine.audio.decode_audio(torch.zeros(1, 8, dtype=torch.long), torch.tensor([8]), phones, torch.tensor([8]),
-                                    torch.zeros(1, scfg.gin_channels, 1), None, 1.0)
+    _, k, v, lens = engine.gpt.prefill(phones, torch.tensor([8]), bert, prompt, torch.tensor([4]))
+    engine.gpt.decode_step(torch.zeros(1, dtype=torch.long), torch.tensor([4]), k, v, lens)
+    scfg = engine.audio.config
+    engine.audio.decode_audio(torch.zeros(1, 8, dtype=torch.long), torch.tensor([8]), phones, torch.tensor([8]),
+                              torch.zeros(1, scfg.gin_channels, 1), None, 1.0)
 
 
 async def serve(config: ServerConfig, ready: asyncio.Event | None = None, state: ServerState | None = None,
@@ -185,7 +231,8 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None, state:
     state.admission.ready = True
     for name in ("", SERVICE_NAME):
         await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving on port %d (backend %s)", bound, state.backend_name)
+    log.info("serving on port %d: %d model(s), default %s (backend %s)", bound, len(state.models.models),
+             state.model_id, state.backend_name)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -245,6 +292,7 @@ async def drain(state: ServerState, server, health_servicer, interceptor, http=N
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.05)
     state.runner.stop()
+    state.models.shutdown()
     state.frontend_pool.shutdown(wait=False, cancel_futures=True)
     state.voice_pool.shutdown(wait=False, cancel_futures=True)
     state.encode_pool.shutdown(wait=False, cancel_futures=True)

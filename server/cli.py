@@ -3,6 +3,13 @@
     gsv-serve --bundle BUNDLE --voices DIR|postgresql://USER@HOST:PORT/DB [--voice-key-file KEYS.json]
               --port P --metrics-port M [--backend ...] [--max-live N] [--max-queue N]
               [--http-port H [--ref-audio-dir DIR] [--no-playground]]
+    gsv-serve --bundle [ID=]A --bundle [ID=]B ... | --models DIR  [--default-model ID] [--max-resident-models N]
+              [--preload ID,...] --voices DIR ...
+
+Several models: every ``--bundle`` and every bundle folder in ``--models`` is a model (its id: the
+manifest's "name", else the folder name; ``ID=PATH`` names it).  Requests pick one by id (empty: the
+default model); models load on first use and, with ``--max-resident-models``, the least recently
+used idle one is unloaded to make room.
 
 Ready when grpc.health.v1 reports SERVING.  SIGTERM drains in-flight streams (up to --grace
 seconds), refusing new ones with UNAVAILABLE (for --drain-notice seconds with the port open and
@@ -24,7 +31,18 @@ from gsv.errors import GsvError
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gsv-serve", description="GPT-SoVITS gRPC streaming TTS server",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--bundle", required=True, type=Path)
+    p.add_argument("--bundle", action="append", default=[], metavar="[ID=]BUNDLE",
+                   help="a model to serve (repeatable; ID= names it, default: the manifest's name or the folder name)")
+    p.add_argument("--models", type=Path, default=None, metavar="DIR",
+                   help="serve every bundle folder in DIR (one that fails to open is reported and refused)")
+    p.add_argument("--default-model", default=None, metavar="ID",
+                   help="model of requests that name none (default: the first --bundle, else the first of --models)")
+    p.add_argument("--max-resident-models", type=int, default=None, metavar="N",
+                   help="keep at most N models loaded; the least recently used idle one is unloaded (default: no limit)")
+    p.add_argument("--preload", default="", metavar="ID,...", help="models to load at start besides the default")
+    p.add_argument("--onnx-prepack", choices=["on", "off"], default=None,
+                   help="ONNX Runtime's pre-packed weight copies (faster matrix kernels, ~18%% more memory per "
+                        "model); default: on with one model, off with several")
     p.add_argument("--voices", required=True,
                    help="voices folder (created if missing), or postgresql://USER@HOST:PORT/DB shared by replicas")
     p.add_argument("--voice-key-file", type=Path, default=None,
@@ -74,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _bundle_arg(value: str) -> tuple[str | None, Path]:
+    """``ID=PATH`` or ``PATH`` (a path that exists as given is never split)."""
+    from gsv.voice import VOICE_ID_RE
+
+    name, sep, path = value.partition("=")
+    if sep and VOICE_ID_RE.fullmatch(name) and not Path(value).exists():
+        return name, Path(path)
+    return None, Path(value)
+
+
 def config_from_args(args):
     from gsv.voicestore import is_database_url
     from server.config import ServerConfig
@@ -90,8 +118,14 @@ def config_from_args(args):
             raise GsvError(f"--tokens {args.tokens} has no tokens; auth would be off")
     try:
         voices = args.voices if is_database_url(args.voices) else Path(args.voices)
-        return ServerConfig(bundle=args.bundle, voices=voices, port=args.port, host=args.host,
-                            metrics_port=args.metrics_port, metrics_host=args.metrics_host, backend=args.backend, device=args.device,
+        bundles = [_bundle_arg(b) for b in args.bundle]
+        first = bundles.pop(0) if bundles and bundles[0][0] is None else None
+        return ServerConfig(bundle=first[1] if first else None, bundles=tuple(bundles), models_dir=args.models,
+                            default_model=args.default_model, max_resident_models=args.max_resident_models,
+                            preload=tuple(p for p in args.preload.split(",") if p), voices=voices,
+                            onnx_prepack=None if args.onnx_prepack is None else args.onnx_prepack == "on",
+                            port=args.port, host=args.host, metrics_port=args.metrics_port,
+                            metrics_host=args.metrics_host, backend=args.backend, device=args.device,
                             threads=args.threads, ar_threads=args.ar_threads,
                             decoder_threads=args.decoder_threads, max_live=args.max_live, max_queue=args.max_queue,
                             max_decode_batch=args.max_decode_batch,

@@ -5,9 +5,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+MULTI_MODEL_DECODE_BUDGET_S = 0.25  # measured: tests/server/test_models.py fairness, gsv-bench models
+
+
 @dataclass(frozen=True)
 class ServerConfig:
-    bundle: Path
+    bundle: Path | None  # a model (None: only ``bundles`` / ``models_dir``)
     voices: Path | str  # a folder, or a postgresql:// URL shared by replicas
     port: int = 50051
     host: str = "[::]"
@@ -21,6 +24,10 @@ class ServerConfig:
     max_live: int = 8
     max_queue: int = 16
     max_decode_batch: int = 4
+    # a decoder call batches windows only up to this estimated time, so a new stream's first chunk never
+    # waits behind a long call of another model's work; None: 0.25 s when the server holds several
+    # models, unbounded with one (see README "Many models in one server")
+    decode_call_budget_s: float | None = None
     deadline_chunks: bool = True  # cut shorter chunks when a listener would otherwise run dry
     stage_priority: bool = True  # the GPT step waits while the decoder renders a window a listener waits for
     max_text_chars: int = 2000
@@ -43,6 +50,19 @@ class ServerConfig:
     http_host: str | None = None  # None: the same host as the gRPC port
     ref_audio_dir: Path | None = None  # upstream /tts may name reference files inside this folder
     playground: bool = True  # the browser playground at / (when the HTTP doors are on)
+    bundles: tuple[tuple[str | None, Path], ...] = ()  # more models: (id or None = from the bundle, folder)
+    models_dir: Path | None = None  # every bundle folder inside is a model
+    default_model: str | None = None  # None: the first --bundle, else the first model of --models
+    max_resident_models: int | None = None  # None: no limit (LRU unloading of idle models beyond it)
+    preload: tuple[str, ...] = ()  # loaded at start besides the default model
+    # ONNX Runtime's pre-packed weight copies: None = on for one model, off when the server holds several
+    # (they cost ~18% of a full-size model's weights; measured in README "Many models in one server")
+    onnx_prepack: bool | None = None
+
+    @property
+    def model_paths(self) -> list[tuple[str | None, Path]]:
+        """(explicit id or None, folder) of every model named on the command line, in order."""
+        return ([(None, Path(self.bundle))] if self.bundle is not None else []) + [(i, Path(p)) for i, p in self.bundles]
 
     @property
     def metrics_bind_host(self) -> str:
@@ -53,6 +73,21 @@ class ServerConfig:
     @property
     def http_bind_host(self) -> str:
         return self.http_host if self.http_host is not None else self.host
+
+    def memory_plan(self, models: int):
+        """Sessions of a server holding ``models`` models: with several, one shared activation arena (models
+        never need their peaks at once) and no pre-packed weight copies unless told otherwise; with one,
+        ONNX Runtime's defaults (its per-session arenas measured as fast or faster)."""
+        from gsv.backends.base import MemoryPlan
+
+        prepack = self.onnx_prepack if self.onnx_prepack is not None else models <= 1
+        return MemoryPlan(shared_arena=models > 1, prepack=prepack)
+
+    def decode_budget(self, models: int) -> float | None:
+        """Seconds a decoder call may batch (see ``decode_call_budget_s``)."""
+        if self.decode_call_budget_s is not None:
+            return self.decode_call_budget_s
+        return MULTI_MODEL_DECODE_BUDGET_S if models > 1 else None
 
     def thread_plan(self):
         """Threads of the two concurrent stages; the decoder's idle threads sleep instead of spinning.
@@ -67,6 +102,12 @@ class ServerConfig:
                           audio_spinning=False)
 
     def __post_init__(self):
+        if self.bundle is None and not self.bundles and self.models_dir is None:
+            raise ValueError("give --bundle (repeatable) and/or --models DIR")
+        if self.max_resident_models is not None and self.max_resident_models < 1:
+            raise ValueError("--max-resident-models must be >= 1")
+        if self.max_resident_models is not None and len(set(self.preload)) > self.max_resident_models:
+            raise ValueError("--preload names more models than --max-resident-models allows")
         if self.max_live < 1 or self.max_queue < 0:
             raise ValueError("max_live must be >= 1 and max_queue >= 0")
         for n in (self.threads, self.ar_threads, self.decoder_threads):

@@ -16,7 +16,7 @@ from gsv import constants as C
 from gsv.errors import OptionError
 from gsv.sampling import SamplingOptions
 from gsv.session import SynthesisOptions
-from gsv.voice import validate_voice_id
+from gsv.voice import VOICE_ID_RE, validate_voice_id
 from protos.tts.v1 import tts_pb2 as pb
 from server.audio_format import SAMPLE_RATES, OutputConverter
 from server.errors import Code, RequestError, shown
@@ -49,6 +49,13 @@ def check_length(name: str, value: str, limit: int) -> str:
     return value
 
 
+def model_id_of(value: str, name: str = "model_id") -> str:
+    """A well-formed model id or "" (the default model); INVALID_ARGUMENT otherwise (never a model's id)."""
+    if value and not VOICE_ID_RE.fullmatch(value):
+        raise RequestError(Code.INVALID_ARGUMENT, f"invalid {name} {shown(value)} (1-64 of letters, digits, '_', '.', '-')")
+    return value
+
+
 def voice_id_of(value: str, name: str = "voice_id") -> str:
     """A well-formed voice id (INVALID_ARGUMENT otherwise: such an id can never exist)."""
     if not value:
@@ -68,6 +75,7 @@ class SynthesisRequest:
     options: SynthesisOptions
     encoding: str
     sample_rate: int
+    model_id: str = ""  # "" = the server's default model
 
     @property
     def seed(self) -> int:
@@ -108,7 +116,8 @@ def synthesis_from_pb(config: pb.SynthesisConfig, max_audio_seconds: float, stre
                                streaming=streaming, latency_mode=LATENCY[config.latency_mode],
                                **({"speed": config.speed} if config.HasField("speed") else {}))
     return SynthesisRequest(config.request_id or uuid.uuid4().hex, voice_id, config.language,
-                            SPLITS[config.text_split], options, encoding, config.output.sample_rate_hz)
+                            SPLITS[config.text_split], options, encoding, config.output.sample_rate_hz,
+                            model_id_of(config.model_id, "config.model_id"))
 
 
 def check_text(text: str, max_chars: int) -> str:
@@ -143,7 +152,9 @@ def voice_pb(meta: dict) -> pb.Voice:
                     native_sample_rate_hz=C.SAMPLE_RATE, model_id=meta.get("bundle_id", ""),
                     version=int(meta.get("version", 1)), create_time_unix=int(meta.get("created", 0)),
                     reference_free=bool(meta.get("reference_free", False)),
-                    consent_statement=meta.get("consent", ""))
+                    consent_statement=meta.get("consent", ""), model_version=meta.get("model_version", ""),
+                    blend=[pb.BlendSource(voice_id=b["voice_id"], weight=b["weight"])
+                           for b in (meta.get("blend") or {}).get("sources", [])])
 
 
 def page_bounds(page_size: int, page_token: str) -> tuple[int, int]:
@@ -164,18 +175,37 @@ def voice_page_pb(metas: list[dict], start: int, size: int) -> pb.ListVoicesResp
     return pb.ListVoicesResponse(voices=[voice_pb(m) for m in page], next_page_token=nxt)
 
 
+MODEL_STATE_PB = {"unloaded": pb.MODEL_UNLOADED, "loading": pb.MODEL_LOADING, "ready": pb.MODEL_READY,
+                  "failed": pb.MODEL_FAILED}
+
+
+def model_info_pb(d: dict) -> pb.ModelInfo:
+    """One entry of :meth:`server.models.ModelHost.describe` as a ModelInfo."""
+    return pb.ModelInfo(model_id=d["model_id"], version=d["version"], backend=d["backend"], precision=d["precision"],
+                        native_sample_rate_hz=C.SAMPLE_RATE, state=MODEL_STATE_PB[d["state"]], resident=d["resident"],
+                        load_seconds=d["load_seconds"] or 0.0, error=d["error"], is_default=d["default"],
+                        loads=d["loads"], unloads=d["unloads"], in_use=d["in_use"])
+
+
+def list_models_pb(state) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(models=[model_info_pb(d) for d in state.models.describe()],
+                                 default_model_id=state.model_id,
+                                 max_resident_models=state.config.max_resident_models or 0)
+
+
 def server_config_pb(state) -> pb.ServerConfig:
     cfg = state.config
     limits = pb.Limits(max_text_chars=cfg.max_text_chars, max_live_requests=cfg.max_live,
                        max_queued_requests=cfg.max_queue, max_audio_seconds=cfg.max_audio_seconds,
                        reference_seconds_min=C.REF_MIN_SECONDS, reference_seconds_max=C.REF_MAX_SECONDS,
                        max_reference_bytes=cfg.max_reference_bytes)
-    model = pb.ModelInfo(model_id=state.model_id, version=state.bundle.model_version, backend=state.backend_name,
-                         precision=state.precision, native_sample_rate_hz=C.SAMPLE_RATE)
+    models = sorted(state.models.describe(), key=lambda d: not d["default"])  # the default model first
+    languages = list(dict.fromkeys(lang for m in state.models.models.values() if m.bundle is not None
+                                   for lang in m.languages))
     d = SamplingOptions()
-    return pb.ServerConfig(models=[model], encodings=[pb.PCM_S16LE, pb.PCM_F32LE, pb.WAV],
-                           sample_rates_hz=list(SAMPLE_RATES), languages=list(state.text.languages),
+    return pb.ServerConfig(models=[model_info_pb(m) for m in models], encodings=[pb.PCM_S16LE, pb.PCM_F32LE, pb.WAV],
+                           sample_rates_hz=list(SAMPLE_RATES), languages=languages,
                            text_splits=sorted(set(SPLITS.values())), limits=limits,
                            default_sampling=pb.SamplingParams(temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
                                                               repetition_penalty=d.repetition_penalty),
-                           server_version=__version__)
+                           server_version=__version__, default_model_id=state.model_id)

@@ -25,9 +25,9 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 
-from gsv.errors import GsvError, StoreUnreachable, VoiceExists, VoiceNotFound, VoiceUnavailable
+from gsv.errors import GsvError, StoreUnreachable, VoiceExists, VoiceIncompatible, VoiceNotFound, VoiceUnavailable
 
-__all__ = ["Code", "RequestError", "VoiceNotFound", "VoiceExists", "VoiceUnavailable", "StoreUnreachable", "Undecodable",
+__all__ = ["Code", "RequestError", "VoiceNotFound", "VoiceExists", "VoiceIncompatible", "VoiceUnavailable", "StoreUnreachable", "Undecodable",
            "shown", "failure_of", "CallInfo", "begin_call", "set_request_id", "is_fault", "report"]
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ class CallInfo:
     method: str
     # every call has an id for its logs and fault messages; synthesis replaces it by the client's
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    model: str | None = None  # the served model the request resolved to (metrics and logs)
 
 
 _CURRENT: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar("gsv_call", default=None)
@@ -127,6 +128,13 @@ def set_request_id(request_id: str) -> None:
         info.request_id = request_id
 
 
+def set_model(model_id: str) -> None:
+    """Record the model the current request uses (its metrics and log lines carry it)."""
+    info = _CURRENT.get()
+    if info is not None:
+        info.model = model_id
+
+
 def is_fault(exc: BaseException) -> bool:
     """True when ``exc`` is a server fault (INTERNAL) that no request validation explains."""
     return failure_of(exc).code is Code.INTERNAL and not isinstance(exc, RequestError)
@@ -137,9 +145,9 @@ def report(exc: BaseException, info: CallInfo, metrics) -> RequestError:
     code its client receives, log a server fault once with its traceback, and return the failure
     the door sends."""
     failure = failure_of(exc, info.request_id)
-    metrics.requests.labels(info.method, failure.code.name).inc()
+    metrics.count_request(info.method, failure.code.name, info.model)
     if is_fault(exc):
-        log.error("%s request %s failed", info.method, info.request_id, exc_info=exc)
+        log.error("%s request %s (model %s) failed", info.method, info.request_id, info.model, exc_info=exc)
     elif failure.code is Code.INTERNAL:
-        log.warning("%s request %s: %s", info.method, info.request_id, failure.message)
+        log.warning("%s request %s (model %s): %s", info.method, info.request_id, info.model, failure.message)
     return failure

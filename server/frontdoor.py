@@ -2,8 +2,12 @@
 
 A door only parses its protocol into a :class:`server.convert.SynthesisRequest` and encodes the
 events it gets back; everything between is here, written once: authentication, admission (the
-ticket is held for the whole request), voice lookup, the text frontend (in its thread pool), the
-engine Session (:class:`server.synthesis.SynthesisCall`), the bidirectional text buffer,
+ticket is held for the whole request, whatever the model: admission counts all models together),
+the model (a :class:`server.models.Lease` held for the whole request; a model that is not resident
+starts loading at once, while the voice and the text frontend are prepared, and the request waits
+for it on the event loop, its deadline still running), voice lookup (the voice as carried to that
+model), the text frontend (in its thread pool), the engine Session
+(:class:`server.synthesis.SynthesisCall`), the bidirectional text buffer,
 cancellation (leaving the event generator cancels the Session, so a client that goes away frees its
 GPT row at the next engine iteration), and the request metrics.
 
@@ -14,6 +18,7 @@ or an exception that :func:`server.errors.failure_of` maps).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -24,7 +29,7 @@ import numpy as np
 from gsv import constants as C
 from gsv.errors import GsvError
 from server.convert import SynthesisRequest
-from server.errors import Code, RequestError, set_request_id
+from server.errors import Code, RequestError, set_model, set_request_id
 from server.synthesis import BidiText, SynthesisCall
 
 log = logging.getLogger(__name__)
@@ -71,7 +76,7 @@ class Summary:
 
 
 Event = Started | Audio | Summary
-VoiceSource = Callable[[], Awaitable[object]]  # resolves a request's voice (a gsv.voice.Voice)
+VoiceSource = Callable[[object], Awaitable[object]]  # (server.models.Model) -> the request's gsv.voice.Voice
 
 
 class FrontDoor:
@@ -88,15 +93,24 @@ class FrontDoor:
     async def in_voice_pool(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.s.voice_pool, fn, *args)
 
-    async def voice(self, voice_id: str, owner: str):
-        """A registered voice (from memory when cached, else read/prepared in the voice pool)."""
-        voice = self.s.registry.cached(voice_id, owner)
-        return voice if voice is not None else await self.in_voice_pool(self.s.registry.get, voice_id, owner)
+    def model(self, model_id: str):
+        """A lease on the request's model ("" = the default): NOT_FOUND for an unknown one,
+        FAILED_PRECONDITION for one that cannot be served; loading starts now if it is not resident."""
+        lease = self.s.models.lease(model_id)
+        set_model(lease.model.model_id)
+        return lease
 
-    async def segments(self, text: str, language: str, split: str) -> tuple[list, float]:
+    async def voice(self, voice_id: str, owner: str, model=None):
+        """A registered voice ready for ``model`` (default: the default model): from memory when
+        cached, else read/derived in the voice pool."""
+        voice = self.s.registry.cached(voice_id, owner, model)
+        return voice if voice is not None else await self.in_voice_pool(self.s.registry.get, voice_id, owner, model)
+
+    async def segments(self, text: str, language: str, split: str, model=None) -> tuple[list, float]:
+        model = model or self.s.models.default
         t0 = time.monotonic()
         segments = await asyncio.get_running_loop().run_in_executor(
-            self.s.frontend_pool, self.s.text.segments, text, language, split)
+            self.s.frontend_pool, lambda: model.text.segments(text, language, split))
         seconds = time.monotonic() - t0
         self.s.metrics.frontend.observe(seconds)
         return segments, seconds
@@ -111,14 +125,17 @@ class FrontDoor:
                          deadline: float | None, voice: VoiceSource | None = None) -> AsyncIterator[Event]:
         """A request whose text is known up front: admitted now, run, and released at the end."""
         with self.s.admission.admit():
-            v = await (voice() if voice is not None else self.voice(r.voice_id, owner))
-            segments, frontend_s = await self.segments(text, r.language or v.language, r.split)
-            call = SynthesisCall(self.s, r, v, segments, method=method, t0=t0, deadline=deadline)
-            try:
-                async for ev in self._events(call, r, v, lambda: frontend_s):
-                    yield ev
-            finally:
-                call.cancel()
+            async with self.model(r.model_id) as lease:
+                model = lease.model
+                v = await (voice(model) if voice is not None else self.voice(r.voice_id, owner, model))
+                segments, frontend_s = await self.segments(text, r.language or v.language, r.split, model)
+                engine = await lease.engine(deadline)
+                call = SynthesisCall(self.s, engine, r, v, segments, method=method, t0=t0, deadline=deadline)
+                try:
+                    async for ev in self._events(call, r, v, model, lambda: frontend_s):
+                        yield ev
+                finally:
+                    call.cancel()
 
     async def bidi(self, r: SynthesisRequest, owner: str, next_input: Callable[[], Awaitable], *, method: str,
                    t0: float, deadline: float | None) -> AsyncIterator[Event]:
@@ -127,14 +144,23 @@ class FrontDoor:
         admission slot: the request is admitted when its first speakable text arrives, and an idle
         stream is closed after ``bidi_idle_timeout`` seconds."""
         self.s.admission.check_open()
-        voice = await self.voice(r.voice_id, owner)
+        async with self.model(r.model_id) as lease, contextlib.aclosing(
+                self._bidi(lease, r, owner, next_input, method=method, t0=t0, deadline=deadline)) as events:
+            async for ev in events:
+                yield ev
+
+    async def _bidi(self, lease, r: SynthesisRequest, owner: str, next_input, *, method: str, t0: float,
+                    deadline: float | None) -> AsyncIterator[Event]:
+        model = lease.model
+        voice = await self.voice(r.voice_id, owner, model)
         language = r.language or voice.language
-        call = SynthesisCall(self.s, r, voice, [], method=method, t0=t0, deadline=deadline, input_open=True)
+        engine = await lease.engine(deadline)
+        call = SynthesisCall(self.s, engine, r, voice, [], method=method, t0=t0, deadline=deadline, input_open=True)
         tickets, frontend_s, failures = [], [0.0], []
 
         async def speak(text: str) -> bool:
             try:
-                segments, seconds = await self.segments(text, language, r.split)
+                segments, seconds = await self.segments(text, language, r.split, model)
             except GsvError as e:  # an unspeakable piece is skipped; the stream goes on
                 log.info("request %s: skipping a text piece that cannot be spoken (%s)", r.request_id, e)
                 return False
@@ -163,7 +189,7 @@ class FrontDoor:
         reader = asyncio.ensure_future(read_input())
         try:
             try:
-                async for ev in self._events(call, r, voice, lambda: frontend_s[0]):
+                async for ev in self._events(call, r, voice, model, lambda: frontend_s[0]):
                     if failures:
                         break
                     yield ev
@@ -178,9 +204,10 @@ class FrontDoor:
             for t in tickets:
                 t.release()
 
-    async def _events(self, call: SynthesisCall, r: SynthesisRequest, voice, frontend_s) -> AsyncIterator[Event]:
+    async def _events(self, call: SynthesisCall, r: SynthesisRequest, voice, model,
+                      frontend_s) -> AsyncIterator[Event]:
         """Started, Audio..., Summary of one call (``frontend_s()`` is read at the end)."""
-        yield Started(r.request_id, r.seed, voice.voice_id, int(getattr(voice, "version", 1)), self.s.model_id,
+        yield Started(r.request_id, r.seed, voice.voice_id, int(getattr(voice, "version", 1)), model.model_id,
                       call.converter.rate)
         model_samples, sent, sequence = 0, 0, 0  # model-rate samples (summary); output-rate positions
         async for x, n in call.audio():

@@ -82,7 +82,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 self.active -= 1
-            self._count(method, "OK")
+            self._count(method, "OK", info)
             return response
 
         return run
@@ -99,14 +99,14 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                     async for msg in responses:
                         yield msg
             except GeneratorExit:
-                self._count(method, "CANCELLED")
+                self._count(method, "CANCELLED", info)
                 raise
             except BaseException as e:  # noqa: BLE001
                 await self._fail(method, info, e, context)
                 raise
             finally:
                 self.active -= 1
-            self._count(method, "OK")
+            self._count(method, "OK", info)
 
         return run
 
@@ -114,7 +114,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         """Count, log and send the status of a failed call (raises AbortError when it sends one)."""
         if isinstance(e, grpc.aio.AbortError):  # already sent by someone else; count what was sent
             code = context.code() if hasattr(context, "code") else None
-            self._count(method, getattr(code, "name", "UNKNOWN"))
+            self._count(method, getattr(code, "name", "UNKNOWN"), info)
             return
         failure = report(e, info, self.metrics)
         if isinstance(e, asyncio.CancelledError):
@@ -123,5 +123,5 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             context.set_trailing_metadata((("grpc-retry-pushback-ms", str(failure.retry_after_ms)),))
         await context.abort(GRPC_CODE[failure.code], failure.message)
 
-    def _count(self, method: str, code: str) -> None:
-        self.metrics.requests.labels(method, code).inc()
+    def _count(self, method: str, code: str, info) -> None:
+        self.metrics.count_request(method, code, info.model)

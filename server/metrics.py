@@ -1,7 +1,12 @@
 """Prometheus metrics of the server (names as in the serving reference §7; seconds as base unit).
 
-Metrics are registered on a private registry per server, and emitted only at the engine's hook
-points and at RPC boundaries — never computed by scanning state.
+Metrics are registered on a private registry per server, and emitted only at the engines' hook
+points, at RPC boundaries and at model loads/unloads — never computed by scanning state.
+
+The series without a ``model`` label are totals over every model (their names and labels are those
+of a one-model server); the ``tts_model_*`` series split requests, tokens, audio seconds, batch
+sizes and residency by ``model`` (a served model id: bounded by the models the server was started
+with; requests that named no servable model count as ``model="none"``).
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ LATENCY_BUCKETS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2)
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 4)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120)
+NO_MODEL = "none"  # the model label of requests that did not get as far as a served model
 
 
 OVERHEAD_WINDOW_S = 60.0  # tts_decoder_overhead_ratio looks at the last minute
@@ -100,7 +107,37 @@ class ServerMetrics(EngineObserver):
                                      ["reason"], registry=r)
         self.voice_registrations = Counter("tts_voice_registrations_total", "RegisterVoice results", ["code"], registry=r)
         self.build_info = Info("tts_build", "Server build", registry=r)
-        self.model_info = Info("tts_model", "Model served", registry=r)
+        self.model_info = Gauge("tts_model_info", "Models served (1 per model)",
+                                ["model", "version", "backend", "precision", "native_sample_rate_hz"], registry=r)
+        # ---- per model
+        self.model_requests = Counter("tts_model_requests_total", "Finished requests per model",
+                                      ["model", "method", "code"], registry=r)
+        self.model_tokens = Counter("tts_model_semantic_tokens_total", "Semantic tokens generated per model", ["model"],
+                                    registry=r)
+        self.model_audio_seconds = Counter("tts_model_audio_seconds_total", "Audio seconds produced per model",
+                                           ["model"], registry=r)
+        self.model_ar_batch = Histogram("tts_model_ar_batch_size", "Live rows per GPT decode step, per model",
+                                        ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.model_decoder_batch = Histogram("tts_model_decoder_batch_size", "Windows per decoder call, per model",
+                                             ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.model_live_rows = Gauge("tts_model_ar_live_rows", "GPT rows in use per model", ["model"], registry=r)
+        self.model_loads = Counter("tts_model_loads_total", "Model loads by result (ok | failed)", ["model", "result"],
+                                   registry=r)
+        self.model_unloads = Counter("tts_model_unloads_total", "Models unloaded to make room (least recently used)",
+                                     ["model"], registry=r)
+        self.model_load_seconds = Histogram("tts_model_load_seconds", "Time to load and warm up a model", ["model"],
+                                            buckets=LOAD_BUCKETS, registry=r)
+        self.model_resident = Gauge("tts_model_resident", "1 while the model is loaded", ["model"], registry=r)
+        self._occupancy: dict[str, tuple[int, int]] = {}  # per model: (live rows, waiting); see on_occupancy
+
+    def for_model(self, model_id: str) -> "ModelObserver":
+        """The engine observer of one model: server totals plus the model's own series."""
+        return ModelObserver(self, model_id)
+
+    def count_request(self, method: str, code: str, model: str | None) -> None:
+        """One finished request in ``tts_requests_total`` and, by model, ``tts_model_requests_total``."""
+        self.requests.labels(method, code).inc()
+        self.model_requests.labels(model or NO_MODEL, method, code).inc()
 
     def watch_voices(self, registry) -> None:
         """Export the voice store's figures (read from the registry at each scrape)."""
@@ -138,9 +175,52 @@ class ServerMetrics(EngineObserver):
         if session.finish_reason in ("cancelled", "deadline"):
             self.cancellations.labels(session.finish_reason).inc()
 
+    def on_occupancy(self, live_rows: int, waiting: int, model: str = "") -> None:
+        # engines call this with their (shared) condition held: the per-model figures are summed safely
+        self._occupancy[model] = (live_rows, waiting)
+        self.live_rows.set(sum(v[0] for v in self._occupancy.values()))
+        self.queue_depth.set(sum(v[1] for v in self._occupancy.values()))
+
+
+class ModelObserver(EngineObserver):
+    """An engine's hooks: the server totals (:class:`ServerMetrics`) plus its model's own series."""
+
+    def __init__(self, metrics: ServerMetrics, model_id: str):
+        self.m, self.model = metrics, model_id
+        self._tokens = metrics.model_tokens.labels(model_id)
+        self._audio = metrics.model_audio_seconds.labels(model_id)
+        self._ar_batch = metrics.model_ar_batch.labels(model_id)
+        self._decoder_batch = metrics.model_decoder_batch.labels(model_id)
+        self._live = metrics.model_live_rows.labels(model_id)
+
+    def on_admitted(self, session, queue_wait: float) -> None:
+        self.m.on_admitted(session, queue_wait)
+
+    def on_prefill(self, rows: int, seconds: float) -> None:
+        self.m.on_prefill(rows, seconds)
+
+    def on_ar_step(self, rows: int, seconds: float) -> None:
+        self.m.on_ar_step(rows, seconds)
+        self._ar_batch.observe(rows)
+
+    def on_tokens(self, n: int) -> None:
+        self.m.on_tokens(n)
+        self._tokens.inc(n)
+
+    def on_decode(self, rows: int, seconds: float, audio_seconds: float) -> None:
+        self.m.on_decode(rows, seconds, audio_seconds)
+        self._decoder_batch.observe(rows)
+
+    def on_chunk(self, session, samples: int, underrun: bool) -> None:
+        self.m.on_chunk(session, samples, underrun)
+        self._audio.inc(samples / C.SAMPLE_RATE)
+
+    def on_finished(self, session) -> None:
+        self.m.on_finished(session)
+
     def on_occupancy(self, live_rows: int, waiting: int) -> None:
-        self.live_rows.set(live_rows)
-        self.queue_depth.set(waiting)
+        self.m.on_occupancy(live_rows, waiting, self.model)
+        self._live.set(live_rows)
 
 
 class _VoiceStoreCollector:

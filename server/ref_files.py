@@ -55,14 +55,18 @@ class ReferenceFiles:
             raise RequestError(Code.INVALID_ARGUMENT, f"{field} {shown(name)} is not a file")
         return path
 
-    def voice(self, ref: str, prompt_text: str, prompt_lang: str, aux: list[str]) -> Voice:
-        """The prepared voice of a reference file (+ auxiliary files), from the cache if unchanged."""
+    def voice(self, ref: str, prompt_text: str, prompt_lang: str, aux: list[str],
+              preparer: VoicePreparer | None = None) -> Voice:
+        """The prepared voice of a reference file (+ auxiliary files) for ``preparer``'s model (default:
+        the default model's), from the cache if unchanged."""
+        preparer = preparer or self.preparer
         paths = [self.resolve(ref)] + [self.resolve(a, "aux_ref_audio_paths") for a in aux]
         stats = [p.stat() for p in paths]
         total = sum(st.st_size for st in stats)
         if total > self.max_bytes:
             raise RequestError(Code.INVALID_ARGUMENT, f"reference audio is {total} bytes; the limit is {self.max_bytes}")
-        key = (tuple((str(p), st.st_size, st.st_mtime_ns) for p, st in zip(paths, stats)), prompt_text, prompt_lang)
+        key = (tuple((str(p), st.st_size, st.st_mtime_ns) for p, st in zip(paths, stats)), prompt_text, prompt_lang,
+               preparer.bundle.bundle_id)
         with self._lock:
             voice = self._cache.get(key)
             if voice is not None:
@@ -70,7 +74,7 @@ class ReferenceFiles:
                 return voice
         voice_id = "ref-" + hashlib.sha256(repr(key).encode()).hexdigest()[:16]
         data = [p.read_bytes() for p in paths]
-        voice = self.preparer.prepare(voice_id, data[0], prompt_text, prompt_lang, data[1:])
+        voice = preparer.prepare(voice_id, data[0], prompt_text, prompt_lang, data[1:])
         log.info("prepared reference file %s as voice %s", paths[0].relative_to(self.root), voice_id)
         with self._lock:
             self._cache[key] = voice

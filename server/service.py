@@ -145,15 +145,27 @@ class TtsService(pb_grpc.TextToSpeechServicer):
         convert.check_length("reference_text", request.reference_text, convert.MAX_REFERENCE_TEXT_CHARS)
         convert.check_length("reference_language", request.reference_language, convert.MAX_LANGUAGE_CHARS)
         convert.check_length("consent_statement", request.consent_statement, convert.MAX_CONSENT_CHARS)
+        model = self.s.models.get(convert.model_id_of(request.model_id))
         total = len(request.reference_audio) + sum(len(a) for a in request.aux_reference_audio)
         if total > self.s.config.max_reference_bytes:
             raise RequestError(Code.INVALID_ARGUMENT,
                                f"reference audio is {total} bytes; the limit is {self.s.config.max_reference_bytes}")
+        reg = self.s.registry
         try:
-            meta = await self._in_voice_pool(
-                self.s.registry.register, request.voice_id, request.reference_audio, request.reference_text,
-                request.reference_language, list(request.aux_reference_audio), owner, request.consent_statement,
-                request.display_name, request.overwrite)
+            if request.blend:
+                if total or request.reference_text:
+                    raise RequestError(Code.INVALID_ARGUMENT, "a blend takes no reference audio or text: it is made "
+                                                              "of the voices named in blend")
+                sources = [(convert.voice_id_of(b.voice_id, "blend.voice_id"), b.weight) for b in request.blend]
+                meta = await self._in_voice_pool(
+                    lambda: reg.blend(request.voice_id, sources, owner, request.consent_statement, request.display_name,
+                                      request.overwrite, model, request.reference_free))
+            else:
+                meta = await self._in_voice_pool(
+                    lambda: reg.register(request.voice_id, request.reference_audio, request.reference_text,
+                                         request.reference_language, list(request.aux_reference_audio), owner,
+                                         request.consent_statement, request.display_name, request.overwrite, model,
+                                         request.reference_free))
         except Exception as e:
             self.s.metrics.voice_registrations.labels(failure_of(e).code.name).inc()
             raise
@@ -181,3 +193,7 @@ class TtsService(pb_grpc.TextToSpeechServicer):
     async def GetServerConfig(self, request, context):
         self._owner(context)
         return convert.server_config_pb(self.s)
+
+    async def ListModels(self, request, context):
+        self._owner(context)
+        return convert.list_models_pb(self.s)

@@ -30,9 +30,9 @@ SENTENCE_END = re.compile(r"[。！？!?…\n]|[.;](?=\s)|[，,、；：:](?=\s*
 class SynthesisCall:
     """A submitted Session and the audio it produces, as an async iterator on the event loop."""
 
-    def __init__(self, state, r: SynthesisRequest, voice, segments: list, *, method: str, t0: float,
+    def __init__(self, state, engine, r: SynthesisRequest, voice, segments: list, *, method: str, t0: float,
                  deadline: float | None, input_open: bool = False):
-        self.engine, self.metrics = state.engine, state.metrics
+        self.engine, self.metrics = engine, state.metrics  # the engine of the request's model
         self.method, self.t0 = method, t0
         self.request = r
         self.converter = r.converter()

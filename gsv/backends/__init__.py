@@ -8,12 +8,13 @@ from __future__ import annotations
 BACKEND_NAMES = ("torch", "onnx", "onnx-int8", "onnx-fp16", "trt")
 
 
-def open_backends(bundle, name: str = "torch", device: str = "cpu", threads=None):
+def open_backends(bundle, name: str = "torch", device: str = "cpu", threads=None, memory=None):
     """(gpt_backend, audio_backend) of ``name`` for an opened :class:`~gsv.checkpoint.bundle.Bundle`.
 
     ``threads``: CPU threads of the ONNX Runtime graphs, one count for both or a
     :class:`~gsv.backends.base.ThreadPlan` per stage (None = all cores); torch and TensorRT ignore it.
     ``device``: where every backend runs (``trt``: ``cuda``/``cuda:N``; ``cpu`` means the first GPU).
+    ``memory``: a :class:`~gsv.backends.base.MemoryPlan` for ONNX Runtime CPU sessions (None: the default).
     """
     from gsv.errors import GsvError
 
@@ -24,7 +25,7 @@ def open_backends(bundle, name: str = "torch", device: str = "cpu", threads=None
     if name in ("onnx", "onnx-int8", "onnx-fp16"):
         from gsv.backends.onnx_backend import open_onnx_backends
 
-        return open_onnx_backends(bundle, name, device=device, threads=threads)
+        return open_onnx_backends(bundle, name, device=device, threads=threads, memory=memory)
     if name == "trt":
         from gsv.backends.trt_backend import open_trt_backends
 

@@ -44,6 +44,20 @@ class ThreadPlan:
                 raise ValueError("thread counts must be >= 1")
 
 
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a process holding several models keeps their memory down (ONNX Runtime CPU sessions; the
+    other backends ignore it).
+
+    ``shared_arena``: every session allocates its activations from one process-wide arena instead of
+    one arena per session, so models do not each keep their peak activation memory.
+    ``prepack``: ONNX Runtime's pre-packed copies of the weights for its matrix kernels (faster
+    matrix products at the cost of a second copy of much of each model's weights)."""
+
+    shared_arena: bool = False
+    prepack: bool = True
+
+
 class GPTBackend(ABC):
     config: GPTConfig
     device: torch.device

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gsv.backends.base import AudioBackend, GPTBackend, ThreadPlan, check_noise, crop_latent
+from gsv.backends.base import AudioBackend, GPTBackend, MemoryPlan, ThreadPlan, check_noise, crop_latent
 from gsv.errors import BundleError, GsvError
 from gsv.models.sovits.model import latent_frames
 
@@ -45,7 +46,7 @@ class OrtGraph:
     """One ONNX graph in an ORT session: ``run(dict of torch tensors) -> list of torch tensors``."""
 
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None, trt_cache: Path | None = None,
-                 spinning: bool = True):
+                 spinning: bool = True, memory: MemoryPlan | None = None):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -67,8 +68,14 @@ class OrtGraph:
             # Never spin, even inside a run: for a graph of few large nodes (the vocoder's convolutions)
             # that runs beside another graph on the same cores, spinning would only steal their time
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        memory = memory or MemoryPlan()
+        if not memory.prepack:
+            so.add_session_config_entry("session.disable_prepacking", "1")
         if kind == "cpu":
             providers = ["CPUExecutionProvider"]
+            if memory.shared_arena:
+                _register_shared_cpu_arena()
+                so.add_session_config_entry("session.use_env_allocators", "1")
         elif kind == "cuda":
             providers = [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
         elif kind == "tensorrt":
@@ -123,6 +130,22 @@ class OrtGraph:
         binding.synchronize_outputs()
         host = binding.copy_outputs_to_cpu()
         return [o if o is not None else torch.from_numpy(h).to(dev) for o, h in zip(outs, host)]
+
+
+_ARENA_LOCK = threading.Lock()
+_ARENA_REGISTERED = False  # ONNX Runtime's process-wide CPU allocator exists (it can be registered once)
+
+
+def _register_shared_cpu_arena() -> None:
+    """Register the process-wide CPU arena that sessions opt into with ``session.use_env_allocators``."""
+    global _ARENA_REGISTERED
+    import onnxruntime as ort
+
+    with _ARENA_LOCK:
+        if not _ARENA_REGISTERED:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's default arena settings
+            _ARENA_REGISTERED = True
 
 
 def _as_numpy(t: torch.Tensor) -> np.ndarray:
@@ -258,7 +281,8 @@ def _int8_audio_reason(bundle) -> str:
         return "no INT8 decoder+vocoder in the bundle (exported before they existed: re-run gsv-export)"
 
 
-def open_onnx_backends(bundle, name: str = "onnx", device: str = "cpu", threads: "ThreadPlan | int | None" = None):
+def open_onnx_backends(bundle, name: str = "onnx", device: str = "cpu", threads: "ThreadPlan | int | None" = None,
+                       memory: MemoryPlan | None = None):
     """(OnnxGPTBackend, OnnxAudioBackend) of an opened bundle for backend ``name`` (onnx, onnx-int8, onnx-fp16)."""
     plan = threads if isinstance(threads, ThreadPlan) else ThreadPlan(threads, threads)
     try:
@@ -273,7 +297,7 @@ def open_onnx_backends(bundle, name: str = "onnx", device: str = "cpu", threads:
         log.warning("%s: INT8 GPT with FP32 %s: %s", name, " + ".join(fallback), _int8_audio_reason(bundle))
     trt_cache = bundle.path / "trt" / "ort-ep-cache" if device.startswith("tensorrt") else None
     graphs = {g: OrtGraph(p, device, plan.gpt if g in GPT_GRAPHS else plan.audio, trt_cache,
-                          spinning=plan.audio_spinning or g in GPT_GRAPHS) for g, p in paths.items()}
+                          spinning=plan.audio_spinning or g in GPT_GRAPHS, memory=memory) for g, p in paths.items()}
     log.info("onnx backend %s on %s: %s", name, device, {g: p.name for g, p in paths.items()})
     gpt = OnnxGPTBackend(bundle.gpt_config, graphs["gpt_prefill"], graphs["gpt_decode"], name)
     audio = OnnxAudioBackend(bundle.sovits_config, graphs["sovits_window"], graphs["vocoder"], name)

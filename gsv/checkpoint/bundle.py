@@ -136,6 +136,23 @@ class Bundle:
     def bert_dir(self) -> Path | None:
         return self._model_dir("bert")
 
+    def prompt_space(self) -> str:
+        """What a voice's prompt depends on besides its own audio and text: the phone table, the BERT and
+        HuBERT models, the SSL projection and the quantizer (fine-tunes keep the base's).  Bundles with
+        equal keys can share a voice's prompt; only its timbre is model-specific."""
+        if "prompt_space" not in self._cache:
+            h = hashlib.sha256(f"{self.symbol_version}|{self.gpt_config.bert_dim}".encode())
+            for key in ("hubert", "bert"):
+                folder = self._model_dir(key)
+                h.update(f"|{key}:{folder_fingerprint(folder) if folder else 'none'}".encode())
+            semantic = self._load(self.manifest["sovits"].get("file", SOVITS_FILE),
+                                  lambda k: k.startswith(("ssl_proj.", "quantizer.")))
+            for name in sorted(semantic):
+                if name.endswith("_codebook.embed") or name.startswith("ssl_proj."):
+                    h.update(name.encode() + semantic[name].float().contiguous().numpy().tobytes())
+            self._cache["prompt_space"] = h.hexdigest()[:32]
+        return self._cache["prompt_space"]
+
     @property
     def artifacts(self) -> list[dict[str, Any]]:
         return list(self.manifest.get("artifacts", []))
@@ -194,7 +211,6 @@ class Bundle:
         _load_into(model, sd, self.path / SOVITS_FILE)
         return model.eval().to(device)
 
-
     def _load_sovits_reference(self, device):
         from gsv.models.sovits.model import REFERENCE_PARTS, SoVITS
 
@@ -219,6 +235,29 @@ class Bundle:
         if fuse:
             model.for_inference()
         return model.eval().to(device)
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+FINGERPRINT_SAMPLES = 16  # 64 KiB blocks hashed per file, spread over it (plus its size and both ends)
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A content key of a model folder (HuBERT, BERT), equal for copies of one folder: every file's
+    name, size and sampled blocks (a changed model rewrites all of its weights; hashing every byte of
+    a 1.3 GB BERT at each start would cost seconds).  Cached per path, size and modification time."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    stat_key = (str(folder),) + tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    if stat_key not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for p in files:
+            size = p.stat().st_size
+            h.update(f"{p.relative_to(folder)}|{size}|".encode())
+            with open(p, "rb") as f:
+                for i in range(FINGERPRINT_SAMPLES + 1):
+                    f.seek(max(0, min(size - 65536, i * size // FINGERPRINT_SAMPLES)))
+                    h.update(f.read(65536))
+        _FINGERPRINTS[stat_key] = h.hexdigest()[:32]
+    return _FINGERPRINTS[stat_key]
 
 
 def _load_into(model: torch.nn.Module, sd: dict, where: Path) -> None:

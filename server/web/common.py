@@ -81,7 +81,7 @@ class HttpCall:
     def ok(self) -> None:
         if not self._counted:
             self._counted = True
-            self.metrics.requests.labels(self.info.method, "OK").inc()
+            self.metrics.count_request(self.info.method, "OK", self.info.model)
 
     def fail(self, exc: BaseException) -> RequestError:
         failure = report(exc, self.info, self.metrics) if not self._counted else None
@@ -321,7 +321,7 @@ async def encoded_audio(state, events, encoder, stream: bool, meta: dict) -> Asy
                     pending.clear()
             elif isinstance(ev, Started):
                 meta["headers"].update({"x-request-id": ev.request_id, "x-seed": str(ev.seed),
-                                        "x-sample-rate": str(encoder.rate)})
+                                        "x-sample-rate": str(encoder.rate), "x-model-id": ev.model_id})
                 pending += encoder.start()
             else:
                 meta["summary"] = ev

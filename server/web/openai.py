@@ -2,8 +2,10 @@
 ``GET /v1/audio/voices`` (the caller's voices), for the ``openai`` SDK with a custom ``base_url``
 and the tools built on it.
 
-``model`` is required (as by OpenAI) but any name is accepted: the server speaks with the model it
-was started with (listed by ``/v1/models``).  ``voice`` is one of the caller's voice ids (or
+``model`` is required (as by OpenAI) and picks the model: one of the ids ``/v1/models`` lists, or
+one of OpenAI's own names (:data:`DEFAULT_ALIASES`: ``tts-1``, ``gsv``, ...) for the server's
+default model; any other name is 404 ``model_not_found`` — except on a server of one model, which
+speaks with it whatever the name (as before models could be chosen).  ``voice`` is one of the caller's voice ids (or
 ``{"id": ...}``).  ``speed`` is accepted in OpenAI's range [0.25, 4.0] and clamped to the range the
 model honours (:data:`gsv.session.SPEED_RANGE`); ``instructions`` is accepted and ignored.  The
 audio is streamed as it is generated (``stream_format`` ``audio``: the encoded bytes; ``sse``:
@@ -40,6 +42,8 @@ FORMATS = {"mp3": ("mp3", "audio/mpeg", C.SAMPLE_RATE), "opus": ("opus", "audio/
            "aac": ("aac", "audio/aac", C.SAMPLE_RATE), "flac": ("flac", "audio/flac", C.SAMPLE_RATE),
            "wav": ("wav", "audio/wav", C.SAMPLE_RATE), "pcm": ("pcm", "audio/pcm", 24000)}
 STREAM_FORMATS = ("audio", "sse")
+# model names that mean the server's default model (what OpenAI clients and tools send by default)
+DEFAULT_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gsv", "default")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +60,7 @@ def parse(body: dict, state, request_id: str) -> SpeechRequest:
     for name in ("model", "input", "voice"):
         if body.get(name) in (None, ""):
             raise FieldError(name, f"{name} is required")
-    as_str("model", body["model"], 256)
+    model_id = model_of(as_str("model", body["model"], 256), state)
     limit = min(MAX_INPUT_CHARS, state.config.max_text_chars)
     text = as_str("input", body["input"], limit)
     try:
@@ -97,13 +101,28 @@ def parse(body: dict, state, request_id: str) -> SpeechRequest:
     language = body.get("language") or ""
     if language:
         language = as_str("language", language, MAX_LANGUAGE_CHARS).strip().lower()
-        if language not in state.text.languages:
+        if language not in state.models.get(model_id).languages:
             raise FieldError("language", f"unknown language {shown(language)}")
     sampling = SamplingOptions(seed=seed)
     sampling = dataclasses.replace(sampling, seed=sampling.resolved_seed())
     options = SynthesisOptions(sampling=sampling, speed=speed, max_audio_seconds=state.config.max_audio_seconds)
-    r = SynthesisRequest(request_id, voice_id, language, "cut5", options, "pcm_s16le", 0 if rate == C.SAMPLE_RATE else rate)
+    r = SynthesisRequest(request_id, voice_id, language, "cut5", options, "pcm_s16le", 0 if rate == C.SAMPLE_RATE else rate,
+                         model_id)
     return SpeechRequest(r, text, codec, media_type, rate, stream_format == "sse")
+
+
+def model_of(name: str, state) -> str:
+    """The served model id ``model`` names ("" = the default model); 404 for an unknown name."""
+    if name in state.models.models:
+        return name
+    if name in DEFAULT_ALIASES or len(state.models.models) == 1:
+        return ""
+    raise RequestError(Code.NOT_FOUND, f"unknown model {shown(name)}: GET /v1/models lists this server's models")
+
+
+def _model_entry(d: dict, created: int) -> dict:
+    return {"id": d["model_id"], "object": "model", "created": created, "owned_by": "gsv",
+            "version": d["version"], "resident": d["resident"], "default": d["default"]}
 
 
 def _sse(event: dict) -> bytes:
@@ -144,11 +163,15 @@ class OpenAIDoor:
     async def models(self, request: Request):
         async def run():
             self.door.owner(authorization(request))
-            model = {"id": self.s.model_id, "object": "model", "created": int(self.s.started_at),
-                     "owned_by": "gsv"}
-            if request.path_params.get("model") not in (None, self.s.model_id):
-                raise RequestError(Code.NOT_FOUND, f"unknown model; this server serves {self.s.model_id}")
-            return JSONResponse(model if "model" in request.path_params else {"object": "list", "data": [model]})
+            created = int(self.s.started_at)
+            listed = [_model_entry(d, created) for d in self.s.models.describe() if not d["error"]]
+            listed.sort(key=lambda m: not m["default"])  # the default model first
+            if "model" not in request.path_params:
+                return JSONResponse({"object": "list", "data": listed})
+            found = [m for m in listed if m["id"] == request.path_params["model"]]
+            if not found:
+                raise RequestError(Code.NOT_FOUND, f"unknown model {shown(request.path_params['model'])}")
+            return JSONResponse(found[0])
 
         return await handle(HttpCall(self.s, "OpenAIModels", OPENAI), run)
 

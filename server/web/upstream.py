@@ -6,7 +6,9 @@ Parameters keep upstream's names and defaults; the fields that only tune upstrea
 or its v3/v4 models (:data:`IGNORED`) are accepted and ignored, as are unknown fields (upstream's
 request model ignores them too).  ``streaming_mode``: false/0 = the whole file at the end (each text
 segment decoded whole, upstream's quality); true or 2 = our balanced streaming, 1 = the quality
-mode (bigger chunks), 3 = the lowest-latency mode.
+mode (bigger chunks), 3 = the lowest-latency mode.  Extension: ``model`` (a model id of this
+server, see ``GET /v1/models``; default: the server's default model) — upstream switches its one
+global model with ``/set_gpt_weights``; here each request names its own.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from starlette.responses import JSONResponse
 from gsv.sampling import MAX_SEED, SamplingOptions
 from gsv.session import SynthesisOptions
 from gsv.voice import VOICE_ID_RE
-from server.convert import MAX_LANGUAGE_CHARS, MAX_REFERENCE_TEXT_CHARS, SynthesisRequest, check_text
+from server.convert import MAX_LANGUAGE_CHARS, MAX_REFERENCE_TEXT_CHARS, SynthesisRequest, check_text, model_id_of
 from server.encoders import check_available, make_encoder, native_rate
 from server.errors import Code, RequestError, VoiceNotFound, shown
 from server.frontdoor import FrontDoor
@@ -88,7 +90,8 @@ def voice_id_in(ref: str) -> str:
 
 def parse(params: dict, state, request_id: str) -> TtsRequest:
     """Upstream's fields -> a validated request (INVALID_ARGUMENT naming the first bad field)."""
-    cfg, languages = state.config, state.text.languages
+    model_id = model_id_of(as_str("model", params.get("model") or "", 64), "model")
+    cfg, languages = state.config, state.models.get(model_id).languages
     for name in ("text", "text_lang", "ref_audio_path"):
         if params.get(name) in (None, ""):
             raise FieldError(name, f"{name} is required")
@@ -135,7 +138,7 @@ def parse(params: dict, state, request_id: str) -> TtsRequest:
             (as_bool if name in ("split_bucket", "parallel_infer", "super_sampling") else as_float)(name, params[name])
     rate = native_rate(codec)
     r = SynthesisRequest(request_id, voice_id_in(ref), text_lang, split, options, "pcm_s16le",
-                         0 if rate == 32000 else rate)
+                         0 if rate == 32000 else rate, model_id)
     return TtsRequest(r, text, ref, aux, prompt_text, prompt_lang, codec, f"audio/{media}", latency is not None)
 
 
@@ -143,11 +146,12 @@ class UpstreamDoor:
     def __init__(self, state, door: FrontDoor):
         self.s, self.door = state, door
 
-    async def _voice(self, t: TtsRequest, owner: str):
-        """A registered voice of the caller named ``ref_audio_path``, else a file under --ref-audio-dir."""
+    async def _voice(self, t: TtsRequest, owner: str, model):
+        """A registered voice of the caller named ``ref_audio_path``, else a file under --ref-audio-dir
+        (prepared for ``model``)."""
         if t.request.voice_id:
             try:
-                voice = await self.door.voice(t.request.voice_id, owner)
+                voice = await self.door.voice(t.request.voice_id, owner, model)
             except VoiceNotFound:
                 if not self.s.ref_files.enabled:
                     raise VoiceNotFound(f"unknown voice {shown(t.ref_audio_path)} (this server reads no reference "
@@ -160,8 +164,8 @@ class UpstreamDoor:
         await self.door.in_voice_pool(self.s.ref_files.resolve, t.ref_audio_path)  # 400 outside, 404 missing
         if not t.prompt_text.strip() or not t.prompt_lang:
             raise FieldError("prompt_text", "a reference file needs prompt_text (its transcript) and prompt_lang")
-        return await self.door.in_voice_pool(self.s.ref_files.voice, t.ref_audio_path, t.prompt_text, t.prompt_lang,
-                                             list(t.aux_ref_audio_paths))
+        return await self.door.in_voice_pool(lambda: self.s.ref_files.voice(
+            t.ref_audio_path, t.prompt_text, t.prompt_lang, list(t.aux_ref_audio_paths), model.preparer()))
 
     async def tts(self, request: Request):
         t0 = time.monotonic()
@@ -181,7 +185,7 @@ class UpstreamDoor:
             return call.error_response(e)
         meta = {"headers": {}}
         events = self.door.synthesize(t.request, t.text, owner, method=METHOD, t0=t0, deadline=deadline,
-                                      voice=lambda: self._voice(t, owner))
+                                      voice=lambda model: self._voice(t, owner, model))
         encoder = make_encoder(t.codec, native_rate(t.codec), stream=t.streaming)
         body = encoded_audio(self.s, events, encoder, t.streaming, meta)
         return SynthesisResponse(call, body, t.media_type, meta["headers"])
@@ -219,9 +223,10 @@ class UpstreamDoor:
                                    "(ref_audio_path = a voice id registered with gsv-voices, or a file under the "
                                    "server's --ref-audio-dir)")
             raise RequestError(Code.INVALID_ARGUMENT,
-                               f"this server serves one model, chosen when it starts (model {self.s.model_id}); "
-                               "weights are not switched over HTTP: start gsv-serve with --bundle on the bundle you "
-                               "want (gsv import makes one from upstream .ckpt/.pth files)")
+                               "weights are not switched for everyone over HTTP: each /tts request names its model "
+                               f"(\"model\": one of GET /v1/models; default {self.s.model_id}); a server serves the "
+                               "bundles given with --bundle/--models (gsv import makes one from upstream .ckpt/.pth "
+                               "files)")
             return JSONResponse({})  # (never reached)
 
         return await handle(call, refuse)

@@ -33,7 +33,8 @@ METHOD = "WebSocketSynthesize"
 SAMPLING = ("temperature", "top_k", "top_p", "repetition_penalty", "seed")
 CONFIG = {"voice_id": str, "language": str, "encoding": str, "sample_rate_hz": int, "latency_mode": str,
           "text_split": str, "speed": float, "max_audio_seconds": float, "request_id": str, "temperature": float,
-          "top_k": int, "top_p": float, "repetition_penalty": float, "seed": int, "token": str}
+          "top_k": int, "top_p": float, "repetition_penalty": float, "seed": int, "token": str, "model_id": str,
+          "model": str}
 LATENCY_PB = {"balanced": pb.BALANCED, "lowest": pb.LOWEST_LATENCY, "quality": pb.HIGHEST_QUALITY}
 SPLIT_PB = {f"cut{i}": getattr(pb, f"CUT{i}") for i in range(6)}
 MAX_MESSAGE_BYTES = 256 * 1024  # uvicorn refuses bigger frames (close 1009)
@@ -62,8 +63,10 @@ def config_pb(msg: dict) -> pb.SynthesisConfig:
     if unknown:
         raise _bad(f"unknown config field(s): {', '.join(shown(u) for u in unknown[:5])}")
     v = {k: _typed(k, msg[k], CONFIG[k]) for k in msg if msg[k] is not None}
+    if "model" in v and "model_id" in v and v["model"] != v["model_id"]:
+        raise _bad("config.model and config.model_id name different models (model is an alias of model_id)")
     cfg = pb.SynthesisConfig(voice_id=v.get("voice_id", ""), language=v.get("language", ""),
-                             request_id=v.get("request_id", ""))
+                             request_id=v.get("request_id", ""), model_id=v.get("model_id", v.get("model", "")))
     try:
         cfg.output.encoding = convert.ENCODING_PB[v.get("encoding", "pcm_s16le")]
         cfg.latency_mode = LATENCY_PB[v.get("latency_mode", "balanced")]
@@ -167,7 +170,7 @@ class WebSocketDoor:
                 await ws.send_json(event)
                 await ws.close(CLOSE_ERROR_BASE + failure.code.http_status, failure.code.name)
             return
-        self.s.metrics.requests.labels(METHOD, "OK").inc()
+        self.s.metrics.count_request(METHOD, "OK", info.model)
         with contextlib.suppress(Exception):
             await ws.close(CLOSE_OK)
 

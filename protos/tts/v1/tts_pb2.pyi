@@ -36,6 +36,14 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
     COMPLETED: _ClassVar[FinishReason]
     MAX_AUDIO_LENGTH: _ClassVar[FinishReason]
+
+class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_STATE_UNSPECIFIED: _ClassVar[ModelState]
+    MODEL_UNLOADED: _ClassVar[ModelState]
+    MODEL_LOADING: _ClassVar[ModelState]
+    MODEL_READY: _ClassVar[ModelState]
+    MODEL_FAILED: _ClassVar[ModelState]
 AUDIO_ENCODING_UNSPECIFIED: AudioEncoding
 PCM_S16LE: AudioEncoding
 PCM_F32LE: AudioEncoding
@@ -54,6 +62,11 @@ CUT5: TextSplit
 FINISH_REASON_UNSPECIFIED: FinishReason
 COMPLETED: FinishReason
 MAX_AUDIO_LENGTH: FinishReason
+MODEL_STATE_UNSPECIFIED: ModelState
+MODEL_UNLOADED: ModelState
+MODEL_LOADING: ModelState
+MODEL_READY: ModelState
+MODEL_FAILED: ModelState
 
 class AudioFormat(_message.Message):
     __slots__ = ("encoding", "sample_rate_hz")
@@ -78,7 +91,7 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class SynthesisConfig(_message.Message):
-    __slots__ = ("voice_id", "language", "output", "sampling", "speed", "max_audio_seconds", "latency_mode", "text_split", "request_id")
+    __slots__ = ("voice_id", "language", "output", "sampling", "speed", "max_audio_seconds", "latency_mode", "text_split", "request_id", "model_id")
     VOICE_ID_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +101,7 @@ class SynthesisConfig(_message.Message):
     LATENCY_MODE_FIELD_NUMBER: _ClassVar[int]
     TEXT_SPLIT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     voice_id: str
     language: str
     output: AudioFormat
@@ -97,7 +111,8 @@ class SynthesisConfig(_message.Message):
     latency_mode: LatencyMode
     text_split: TextSplit
     request_id: str
-    def __init__(self, voice_id: _Optional[str] = ..., language: _Optional[str] = ..., output: _Optional[_Union[AudioFormat, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., speed: _Optional[float] = ..., max_audio_seconds: _Optional[float] = ..., latency_mode: _Optional[_Union[LatencyMode, str]] = ..., text_split: _Optional[_Union[TextSplit, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    model_id: str
+    def __init__(self, voice_id: _Optional[str] = ..., language: _Optional[str] = ..., output: _Optional[_Union[AudioFormat, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., speed: _Optional[float] = ..., max_audio_seconds: _Optional[float] = ..., latency_mode: _Optional[_Union[LatencyMode, str]] = ..., text_split: _Optional[_Union[TextSplit, str]] = ..., request_id: _Optional[str] = ..., model_id: _Optional[str] = ...) -> None: ...
 
 class SynthesizeRequest(_message.Message):
     __slots__ = ("config", "text")
@@ -204,7 +219,7 @@ class BidiSynthesizeRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[SynthesisConfig, _Mapping]] = ..., input: _Optional[_Union[TextInput, _Mapping]] = ...) -> None: ...
 
 class RegisterVoiceRequest(_message.Message):
-    __slots__ = ("voice_id", "reference_audio", "reference_text", "reference_language", "aux_reference_audio", "display_name", "consent_statement", "overwrite")
+    __slots__ = ("voice_id", "reference_audio", "reference_text", "reference_language", "aux_reference_audio", "display_name", "consent_statement", "overwrite", "blend", "reference_free", "model_id")
     VOICE_ID_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_AUDIO_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +228,9 @@ class RegisterVoiceRequest(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     CONSENT_STATEMENT_FIELD_NUMBER: _ClassVar[int]
     OVERWRITE_FIELD_NUMBER: _ClassVar[int]
+    BLEND_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FREE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     voice_id: str
     reference_audio: bytes
     reference_text: str
@@ -221,10 +239,21 @@ class RegisterVoiceRequest(_message.Message):
     display_name: str
     consent_statement: str
     overwrite: bool
-    def __init__(self, voice_id: _Optional[str] = ..., reference_audio: _Optional[bytes] = ..., reference_text: _Optional[str] = ..., reference_language: _Optional[str] = ..., aux_reference_audio: _Optional[_Iterable[bytes]] = ..., display_name: _Optional[str] = ..., consent_statement: _Optional[str] = ..., overwrite: _Optional[bool] = ...) -> None: ...
+    blend: _containers.RepeatedCompositeFieldContainer[BlendSource]
+    reference_free: bool
+    model_id: str
+    def __init__(self, voice_id: _Optional[str] = ..., reference_audio: _Optional[bytes] = ..., reference_text: _Optional[str] = ..., reference_language: _Optional[str] = ..., aux_reference_audio: _Optional[_Iterable[bytes]] = ..., display_name: _Optional[str] = ..., consent_statement: _Optional[str] = ..., overwrite: _Optional[bool] = ..., blend: _Optional[_Iterable[_Union[BlendSource, _Mapping]]] = ..., reference_free: _Optional[bool] = ..., model_id: _Optional[str] = ...) -> None: ...
+
+class BlendSource(_message.Message):
+    __slots__ = ("voice_id", "weight")
+    VOICE_ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    voice_id: str
+    weight: float
+    def __init__(self, voice_id: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class Voice(_message.Message):
-    __slots__ = ("voice_id", "display_name", "language", "reference_text", "native_sample_rate_hz", "model_id", "version", "create_time_unix", "reference_free", "consent_statement")
+    __slots__ = ("voice_id", "display_name", "language", "reference_text", "native_sample_rate_hz", "model_id", "version", "create_time_unix", "reference_free", "consent_statement", "blend", "model_version")
     VOICE_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +264,8 @@ class Voice(_message.Message):
     CREATE_TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FREE_FIELD_NUMBER: _ClassVar[int]
     CONSENT_STATEMENT_FIELD_NUMBER: _ClassVar[int]
+    BLEND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     voice_id: str
     display_name: str
     language: str
@@ -245,7 +276,9 @@ class Voice(_message.Message):
     create_time_unix: int
     reference_free: bool
     consent_statement: str
-    def __init__(self, voice_id: _Optional[str] = ..., display_name: _Optional[str] = ..., language: _Optional[str] = ..., reference_text: _Optional[str] = ..., native_sample_rate_hz: _Optional[int] = ..., model_id: _Optional[str] = ..., version: _Optional[int] = ..., create_time_unix: _Optional[int] = ..., reference_free: _Optional[bool] = ..., consent_statement: _Optional[str] = ...) -> None: ...
+    blend: _containers.RepeatedCompositeFieldContainer[BlendSource]
+    model_version: str
+    def __init__(self, voice_id: _Optional[str] = ..., display_name: _Optional[str] = ..., language: _Optional[str] = ..., reference_text: _Optional[str] = ..., native_sample_rate_hz: _Optional[int] = ..., model_id: _Optional[str] = ..., version: _Optional[int] = ..., create_time_unix: _Optional[int] = ..., reference_free: _Optional[bool] = ..., consent_statement: _Optional[str] = ..., blend: _Optional[_Iterable[_Union[BlendSource, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class GetVoiceRequest(_message.Message):
     __slots__ = ("voice_id",)
@@ -286,18 +319,48 @@ class GetServerConfigRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "version", "backend", "precision", "native_sample_rate_hz")
+    __slots__ = ("model_id", "version", "backend", "precision", "native_sample_rate_hz", "state", "resident", "load_seconds", "error", "is_default", "loads", "unloads", "in_use")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     NATIVE_SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    LOADS_FIELD_NUMBER: _ClassVar[int]
+    UNLOADS_FIELD_NUMBER: _ClassVar[int]
+    IN_USE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     version: str
     backend: str
     precision: str
     native_sample_rate_hz: int
-    def __init__(self, model_id: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., native_sample_rate_hz: _Optional[int] = ...) -> None: ...
+    state: ModelState
+    resident: bool
+    load_seconds: float
+    error: str
+    is_default: bool
+    loads: int
+    unloads: int
+    in_use: int
+    def __init__(self, model_id: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., native_sample_rate_hz: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., resident: _Optional[bool] = ..., load_seconds: _Optional[float] = ..., error: _Optional[str] = ..., is_default: _Optional[bool] = ..., loads: _Optional[int] = ..., unloads: _Optional[int] = ..., in_use: _Optional[int] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "default_model_id", "max_resident_models")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESIDENT_MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    default_model_id: str
+    max_resident_models: int
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model_id: _Optional[str] = ..., max_resident_models: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_text_chars", "max_live_requests", "max_queued_requests", "max_audio_seconds", "reference_seconds_min", "reference_seconds_max", "max_reference_bytes")
@@ -318,7 +381,7 @@ class Limits(_message.Message):
     def __init__(self, max_text_chars: _Optional[int] = ..., max_live_requests: _Optional[int] = ..., max_queued_requests: _Optional[int] = ..., max_audio_seconds: _Optional[float] = ..., reference_seconds_min: _Optional[float] = ..., reference_seconds_max: _Optional[float] = ..., max_reference_bytes: _Optional[int] = ...) -> None: ...
 
 class ServerConfig(_message.Message):
-    __slots__ = ("models", "encodings", "sample_rates_hz", "languages", "text_splits", "limits", "default_sampling", "server_version")
+    __slots__ = ("models", "encodings", "sample_rates_hz", "languages", "text_splits", "limits", "default_sampling", "server_version", "default_model_id")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     ENCODINGS_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATES_HZ_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +390,7 @@ class ServerConfig(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_SAMPLING_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     encodings: _containers.RepeatedScalarFieldContainer[AudioEncoding]
     sample_rates_hz: _containers.RepeatedScalarFieldContainer[int]
@@ -335,4 +399,5 @@ class ServerConfig(_message.Message):
     limits: Limits
     default_sampling: SamplingParams
     server_version: str
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., encodings: _Optional[_Iterable[_Union[AudioEncoding, str]]] = ..., sample_rates_hz: _Optional[_Iterable[int]] = ..., languages: _Optional[_Iterable[str]] = ..., text_splits: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., default_sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., server_version: _Optional[str] = ...) -> None: ...
+    default_model_id: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., encodings: _Optional[_Iterable[_Union[AudioEncoding, str]]] = ..., sample_rates_hz: _Optional[_Iterable[int]] = ..., languages: _Optional[_Iterable[str]] = ..., text_splits: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., default_sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., server_version: _Optional[str] = ..., default_model_id: _Optional[str] = ...) -> None: ...

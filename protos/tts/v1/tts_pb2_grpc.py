@@ -74,6 +74,11 @@ class TextToSpeechStub:
                 request_serializer=protos_dot_tts_dot_v1_dot_tts__pb2.GetServerConfigRequest.SerializeToString,
                 response_deserializer=protos_dot_tts_dot_v1_dot_tts__pb2.ServerConfig.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/gsv.tts.v1.TextToSpeech/ListModels',
+                request_serializer=protos_dot_tts_dot_v1_dot_tts__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=protos_dot_tts_dot_v1_dot_tts__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class TextToSpeechServicer:
@@ -132,6 +137,13 @@ class TextToSpeechServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """The models this server can serve: version, backend, resident or not, load time, failures.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TextToSpeechServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +186,11 @@ def add_TextToSpeechServicer_to_server(servicer, server):
                     servicer.GetServerConfig,
                     request_deserializer=protos_dot_tts_dot_v1_dot_tts__pb2.GetServerConfigRequest.FromString,
                     response_serializer=protos_dot_tts_dot_v1_dot_tts__pb2.ServerConfig.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=protos_dot_tts_dot_v1_dot_tts__pb2.ListModelsRequest.FromString,
+                    response_serializer=protos_dot_tts_dot_v1_dot_tts__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -392,6 +409,33 @@ class TextToSpeech:
             '/gsv.tts.v1.TextToSpeech/GetServerConfig',
             protos_dot_tts_dot_v1_dot_tts__pb2.GetServerConfigRequest.SerializeToString,
             protos_dot_tts_dot_v1_dot_tts__pb2.ServerConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gsv.tts.v1.TextToSpeech/ListModels',
+            protos_dot_tts_dot_v1_dot_tts__pb2.ListModelsRequest.SerializeToString,
+            protos_dot_tts_dot_v1_dot_tts__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

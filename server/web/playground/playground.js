@@ -41,11 +41,31 @@ async function loadVoices() {
       select.innerHTML = '<option value="">(no voices: register one with gsv-voices)</option>';
     }
     setStatus(`${body.data.length} voice(s)`);
+    loadModels();
   } catch (e) {
     if (listing !== voiceListings) return;
     select.innerHTML = '<option value="">(voices unavailable)</option>';
     setStatus("could not list voices: " + e.message, true);
   }
+}
+
+async function loadModels() {
+  const select = $("model");
+  try {
+    const response = await fetch("/v1/models", { headers: authHeaders() });
+    const body = await response.json();
+    if (!response.ok) return;
+    const chosen = select.value;
+    select.innerHTML = "";
+    for (const m of body.data) {
+      const option = document.createElement("option");
+      option.value = m.default ? "" : m.id;  // "" = the server's default model
+      option.textContent = `${m.id} (${m.version}${m.default ? ", default" : ""})`;
+      select.appendChild(option);
+    }
+    select.value = chosen;
+    if (select.selectedIndex < 0) select.selectedIndex = 0;
+  } catch (e) { /* the model list is optional: requests use the default model */ }
 }
 
 function stop() {
@@ -78,6 +98,7 @@ async function play() {
   ws.onopen = () => {
     const config = { voice_id: voice, latency_mode: $("latency").value, encoding: "pcm_f32le" };
     if ($("language").value.trim()) config.language = $("language").value.trim();
+    if ($("model").value) config.model_id = $("model").value;
     if (token()) config.token = token();  // browsers cannot set headers on a WebSocket
     ws.send(JSON.stringify(config));
     ws.send(JSON.stringify({ text: text, close: true }));
