@@ -77,6 +77,7 @@ size_t BytesPerSample(SampleFormat f) { return f == SampleFormat::kFloat32 ? 4 :
 void FillConfig(const SynthesisOptions& o, pb::SynthesisConfig* c) {
   c->set_voice_id(o.voice_id);
   c->set_language(o.language);
+  c->set_model_id(o.model_id);
   c->mutable_output()->set_encoding(o.format == SampleFormat::kFloat32 ? pb::PCM_F32LE : pb::PCM_S16LE);
   c->mutable_output()->set_sample_rate_hz(o.sample_rate_hz);
   switch (o.latency) {

@@ -80,6 +80,7 @@ struct ClientOptions {
 struct SynthesisOptions {
   std::string voice_id;  // required
   std::string language;  // empty = the voice's language
+  std::string model_id;  // empty = the server's default model (ListModels lists the others)
   SampleFormat format = SampleFormat::kInt16;
   int sample_rate_hz = 0;  // 0 = native (32000); otherwise one the server lists
   LatencyMode latency = LatencyMode::kBalanced;

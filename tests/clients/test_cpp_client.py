@@ -106,3 +106,20 @@ def test_cpp_say_unknown_voice(gsv_say_cpp, server, tmp_path):
 def test_cpp_say_usage_error(gsv_say_cpp):
     p = subprocess.run([str(gsv_say_cpp), "--server", "localhost:1", "--voice", "v"], capture_output=True, text=True)
     assert p.returncode == 2 and "required" in p.stderr
+
+
+def test_cpp_say_model_flag_selects_a_model(gsv_say_cpp, server, tmp_path):
+    with TtsClient(server.target) as c:
+        model = c.list_models().default_model_id
+        ref = c.stream(TEXT, "bench", seed=4, max_audio_seconds=2).audio
+    out = tmp_path / "m.wav"
+    p = _say(gsv_say_cpp, server, "--voice", "bench", "--text", TEXT, "-o", str(out), "--seed", "4",
+             "--max-audio-seconds", "2", "--model", model)
+    assert p.returncode == 0, p.stderr
+    with wave.open(str(out)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    np.testing.assert_array_equal(pcm, np.round(ref * 32767).astype(np.int16))
+    # A model the server does not hold reaches the server (NOT_FOUND), not a silent default.
+    p = _say(gsv_say_cpp, server, "--voice", "bench", "--text", "hi", "-o", str(tmp_path / "n.wav"),
+             "--model", "no-such-model")
+    assert p.returncode == 1 and "NOT_FOUND" in p.stderr and "no-such-model" in p.stderr, p.stderr

@@ -227,7 +227,7 @@ class Player {
 
 // ------------------------------------------------------------------------------ args
 struct Args {
-  std::string server, voice, text, output, lang, token, tls_root;
+  std::string server, voice, text, output, lang, model, token, tls_root;
   bool play = false, use_float = false;
   int sample_rate = 0;
   std::string latency = "balanced";
@@ -238,7 +238,7 @@ struct Args {
 
 const char* kUsage =
     "usage: gsv_say_cpp --server HOST:PORT --voice V --text T [-o out.wav] [--play]\n"
-    "                   [--lang L] [--seed N] [--max-audio-seconds S] [--speed X] [--sample-rate HZ]\n"
+    "                   [--model ID] [--lang L] [--seed N] [--max-audio-seconds S] [--speed X] [--sample-rate HZ]\n"
     "                   [--latency balanced|lowest|quality] [--float] [--token T] [--tls] [--tls-root PEM]\n"
     "                   [--timeout S]\n"
     "Streams speech; -o writes a WAV as chunks arrive, --play pipes PCM to aplay or paplay.\n";
@@ -267,6 +267,7 @@ Args Parse(int argc, char** argv) {
       else if (k == "-o" || k == "--output") a.output = value();
       else if (k == "--play") a.play = true;
       else if (k == "--lang") a.lang = value();
+      else if (k == "--model") a.model = value();
       else if (k == "--seed") a.seed = std::stoll(value());
       else if (k == "--max-audio-seconds") a.max_audio_seconds = std::stof(value());
       else if (k == "--speed") a.speed = std::stof(value());
@@ -358,6 +359,7 @@ int main(int argc, char** argv) {
 
   gsv::SynthesisOptions opts;
   opts.voice_id = args.voice;
+  opts.model_id = args.model;
   opts.language = args.lang;
   opts.format = args.use_float ? gsv::SampleFormat::kFloat32 : gsv::SampleFormat::kInt16;
   opts.sample_rate_hz = args.sample_rate;
