@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _bundle_arg(value: str) -> tuple[str | None, Path]:
+def parse_bundle_arg(value: str) -> tuple[str | None, Path]:
     """``ID=PATH`` or ``PATH`` (a path that exists as given is never split)."""
     from gsv.voice import VOICE_ID_RE
 
@@ -118,7 +118,7 @@ def config_from_args(args):
             raise GsvError(f"--tokens {args.tokens} has no tokens; auth would be off")
     try:
         voices = args.voices if is_database_url(args.voices) else Path(args.voices)
-        bundles = [_bundle_arg(b) for b in args.bundle]
+        bundles = [parse_bundle_arg(b) for b in args.bundle]
         first = bundles.pop(0) if bundles and bundles[0][0] is None else None
         return ServerConfig(bundle=first[1] if first else None, bundles=tuple(bundles), models_dir=args.models,
                             default_model=args.default_model, max_resident_models=args.max_resident_models,

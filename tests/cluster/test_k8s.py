@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from server import lb
-from server.cli import build_parser
+from server.cli import parse_bundle_arg, build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -97,8 +97,9 @@ def test_ports_probes_and_grace_agree_with_gsv_serve(rendered, target):
     assert args.voices == "$(GSV_VOICES_URL)" and container["env"][0]["valueFrom"]["secretKeyRef"]["key"] == "url"
     assert args.voice_key_file.parent.as_posix() == next(
         m["mountPath"] for m in container["volumeMounts"] if m["name"] == "voice-keys")
-    assert args.bundle.as_posix().startswith(next(m["mountPath"] for m in container["volumeMounts"]
-                                                  if m["name"] == "models"))
+    models_mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "models")
+    served = [parse_bundle_arg(b)[1] for b in args.bundle] + ([args.models] if args.models else [])
+    assert served and all(path.as_posix().startswith(models_mount) for path in served)
     service = one(docs, "Service", "gsv-serve-replicas")
     assert service["spec"]["clusterIP"] == "None"  # headless: one DNS answer per pod
     assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
