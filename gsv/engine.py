@@ -28,6 +28,7 @@ import torch
 from gsv import constants as C
 from gsv.backends.base import AudioBackend, GPTBackend
 from gsv.models.sovits.model import latent_frames
+from gsv.pacing import DecodeCost, break_even_tokens
 from gsv.session import DecodeJob, Session
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ class Engine:
         self.queues: dict[Session, deque] = {}  # per-session FIFO of DecodeJob/_Marker
         self.noise_channels = audio.config.inter_channels
         self.deadline_chunks = deadline_chunks
-        self.decode_s_per_token = 0.0  # moving average over decoder calls (vocoded tokens, padding included)
+        self.decode_cost = DecodeCost()  # fixed + per-token seconds of a decoder call (vocoded tokens, padding included)
+        self.step_s = 0.0  # moving average of a GPT step's wall time
         self.decoding_urgent = False  # the decoder is rendering a window a listener waits for (guarded by cv)
 
     # ------------------------------------------------------------------ admission
@@ -172,7 +174,9 @@ class Engine:
         self.cache.append(new_k, new_v)
         logits = logits.float().cpu()
         ended = [i for i, s in enumerate(rows) if not self._consume(s, logits[i])]
-        self.observer.on_ar_step(len(rows), time.perf_counter() - t0)
+        step_s = time.perf_counter() - t0
+        self.step_s = step_s if not self.step_s else 0.8 * self.step_s + 0.2 * step_s
+        self.observer.on_ar_step(len(rows), step_s)
         self.observer.on_tokens(len(rows) - len(ended))
         self._end_rows(ended)
         return True
@@ -236,8 +240,11 @@ class Engine:
         tokens = s.sampler.tokens
         jobs = []
         listener = self._listener(s)
+        floor = self._break_even(s) if listener in ("urgent", "dry") else 0
+        if floor is None:  # overload: no early cut pays for itself; planned sizes
+            floor, listener = 0, "dry"
         urgent, relaxed = listener == "urgent", listener in ("buffered", "urgent")
-        while (w := s.assembler.next_window(len(tokens), s.seg_finished, urgent, relaxed)) is not None:
+        while (w := s.assembler.next_window(len(tokens), s.seg_finished, urgent, relaxed, floor)) is not None:
             if s.options.speed != 1.0:  # the vocoder context cut is exact at speed 1 only: vocode it all
                 w = dataclasses.replace(w, v0=-1)
             frames = latent_frames(w.w1 - w.w0, s.options.speed)
@@ -284,7 +291,17 @@ class Engine:
         remaining = s.playback_deadline() - time.monotonic()
         if remaining <= 0.0:
             return "dry"
-        return "urgent" if remaining < vocoded * self.decode_s_per_token + DEADLINE_MARGIN_S else "buffered"
+        return "urgent" if remaining < self.decode_cost.predict(vocoded) + DEADLINE_MARGIN_S else "buffered"
+
+    def _break_even(self, s: Session) -> int | None:
+        """Smallest window worth cutting for ``s`` before its planned size (gsv.pacing); None: overload."""
+        if not self.decode_cost.known or not self.step_s:
+            return 0  # nothing measured yet
+        fixed, per_token = self.decode_cost.coefficients()
+        p = s.assembler.policy
+        n = break_even_tokens(fixed, per_token, p.vocoder_context_tokens + p.lookahead_tokens, self.step_s,
+                              max(len(self.rows), 1), s.options.speed)
+        return None if n is None else min(n, p.max_relaxed_chunk_tokens)
 
     def _end_rows(self, ended: list[int]) -> None:
         if not ended:
@@ -435,7 +452,7 @@ class Engine:
         if not self.deadline_chunks or j.session.t_first_audio is None:
             return False
         remaining = j.session.playback_deadline() - now
-        return 0.0 < remaining < (j.window.w1 - j.window.vocode_start) * self.decode_s_per_token + DEADLINE_MARGIN_S
+        return 0.0 < remaining < self.decode_cost.predict(j.window.w1 - j.window.vocode_start) + DEADLINE_MARGIN_S
 
     def urgent_decode_pending(self) -> bool:
         """The decoder is rendering, or has queued, a window a listener is waiting for."""
@@ -468,8 +485,7 @@ class Engine:
             return True
         seconds = time.perf_counter() - t0
         padded = len(batch) * max(j.window.w1 - j.window.vocode_start for _, j in batch)
-        rate = seconds / max(padded, 1)
-        self.decode_s_per_token = rate if not self.decode_s_per_token else 0.8 * self.decode_s_per_token + 0.2 * rate
+        self.decode_cost.add(padded, seconds)
         total = 0
         for (s, j), audio in zip(batch, audios):
             with s.lock:
@@ -510,7 +526,7 @@ class Engine:
             n = sj[1].codes.numel()
             if sj[1].session.options.speed != 1.0:
                 continue
-            if budget is not None and (len(batch) + 1) * max(longest, n) * self.decode_s_per_token > budget:
+            if budget is not None and self.decode_cost.predict((len(batch) + 1) * max(longest, n)) > budget:
                 continue
             if (useful + n) / ((len(batch) + 1) * max(longest, n)) >= DECODE_BATCH_FILL:
                 batch.append(sj)

@@ -127,18 +127,22 @@ class SegmentAssembler:
         self.tail = np.zeros(0, dtype=np.float32)  # rendering of the last `crossfade` samples before `emitted`
         self.done = False
 
-    def next_window(self, available: int, finished: bool, urgent: bool = False, relaxed: bool = False) -> Window | None:
+    def next_window(self, available: int, finished: bool, urgent: bool = False, relaxed: bool = False,
+                    floor: int = 0) -> Window | None:
         """The next window to decode given ``available`` tokens, or None when not ready.
 
         ``urgent``: the listener will run out of audio before the planned chunk could be ready, so
         cut a shorter one now from what is there (at least ``min_chunk_tokens``, lookahead kept).
         ``relaxed``: the caller tracks the listener's buffer and sets ``urgent`` in time, so after the
         first chunk the planned size is ``max_relaxed_chunk_tokens``: windows are cut when urgent.
+        ``floor``: no window after the first is cut smaller than this (a smaller one would cost more
+        than the audio it adds: gsv.pacing), except the segment's last.
         """
         if self.done:
             return None
         p = self.policy
-        size = p.max_relaxed_chunk_tokens if relaxed and self.chunks else p.chunk_size(self.chunks)
+        floor = floor if self.chunks else 0  # the first chunk keeps its size: it sets the first-audio time
+        size = p.max_relaxed_chunk_tokens if relaxed and self.chunks else max(p.chunk_size(self.chunks), floor)
         start = self.scheduled
         if finished:
             if available <= start:
@@ -147,7 +151,7 @@ class SegmentAssembler:
         else:
             if available - start >= size + p.lookahead_tokens:
                 end = start + size
-            elif urgent and available - start - p.lookahead_tokens >= p.min_chunk_tokens:
+            elif urgent and available - start - p.lookahead_tokens >= max(p.min_chunk_tokens, floor):
                 end = available - p.lookahead_tokens
             else:
                 return None

@@ -201,7 +201,7 @@ class EngineRunner:
             return 0.0 if did else IDLE_WAIT_S
         not_first, deadline, _, tokens = best_key
         if not_first and len(engines) > 1 and self._start_pending(engines):
-            spare = deadline - time.monotonic() - tokens * best.decode_s_per_token - DEFER_MARGIN_S
+            spare = deadline - time.monotonic() - best.decode_cost.predict(tokens) - DEFER_MARGIN_S
             if spare > 0:  # a first chunk is coming and this window can wait
                 return 0.0 if did else min(spare, IDLE_WAIT_S)
         if not self._enter("decoder", best):

@@ -215,6 +215,21 @@ def test_assembler_cuts_an_early_window_only_when_urgent():
     assert (w.start, w.end) == (6, 10)
 
 
+def test_assembler_floor_holds_back_small_windows_but_not_the_first_or_last():
+    from gsv.streaming import SegmentAssembler
+
+    p = ChunkPolicy(first_chunk_tokens=6, chunk_tokens=6, lookahead_tokens=2, min_chunk_tokens=2)
+    a = SegmentAssembler(p)
+    w = a.next_window(8, False, urgent=True, floor=10)
+    assert (w.start, w.end) == (0, 6)  # the first chunk keeps its size
+    assert a.next_window(15, False, urgent=True, floor=10) is None  # 7 new tokens < floor
+    assert a.next_window(17, False, floor=10) is None  # planned size 6 raised to the floor
+    w = a.next_window(18, False, floor=10)
+    assert (w.start, w.end) == (6, 16)
+    w = a.next_window(19, True, urgent=True, floor=10)  # the segment's last window may be smaller
+    assert (w.start, w.end, w.final) == (16, 19, True)
+
+
 def test_deadline_chunks_keep_every_sample(backends, monkeypatch):
     import gsv.engine as E
 
@@ -222,6 +237,8 @@ def test_deadline_chunks_keep_every_sample(backends, monkeypatch):
         return synth(backends, seed=3, max_tokens=40, n_segments=1, deadline_chunks=deadline_chunks)
 
     monkeypatch.setattr(E, "DEADLINE_MARGIN_S", 1e6)  # every listener is always about to run dry
+    # cut at min_chunk_tokens whatever the machine's speed (the break-even floor: tests/core/test_pacing.py)
+    monkeypatch.setattr(E, "break_even_tokens", lambda *a, **k: 0)
     s1, urgent = run(True)
     s2, planned = run(False)
     assert s1.finish_reason == s2.finish_reason == "completed"
@@ -229,6 +246,30 @@ def test_deadline_chunks_keep_every_sample(backends, monkeypatch):
     assert audio_of(urgent).size == audio_of(planned).size
     starts = np.cumsum([0] + [c.samples.size for c in urgent[:-1]])
     assert [c.start_sample for c in urgent] == starts.tolist()
+
+
+def test_early_windows_are_never_smaller_than_the_break_even_size(backends, monkeypatch):
+    """A listener always about to run dry: early windows are cut at the break-even size the engine computes
+    (gsv.pacing), not smaller; when no size breaks even (overload) the planned sizes are used."""
+    import gsv.engine as E
+
+    monkeypatch.setattr(E, "DEADLINE_MARGIN_S", 1e6)  # every listener is always about to run dry
+
+    def token_counts(floor):
+        monkeypatch.setattr(E, "break_even_tokens", lambda *a, **k: floor)
+        s, chunks = synth(backends, seed=3, max_tokens=60, n_segments=1, deadline_chunks=True)
+        assert s.finish_reason == "completed"
+        # chunks between the first and the segment's last carry exactly their window's new tokens
+        return [c.samples.size / C.SAMPLES_PER_TOKEN for c in chunks[1:-2]], audio_of(chunks).size
+
+    small, n_small = token_counts(0)
+    assert min(small) < 9  # without a floor the urgent cuts are as small as min_chunk_tokens allows
+    floored, n_floored = token_counts(9)
+    assert floored and min(floored) >= 9
+    overload, n_overload = token_counts(None)
+    _, planned = synth(backends, seed=3, max_tokens=60, n_segments=1, deadline_chunks=False)
+    assert overload == [c.samples.size / C.SAMPLES_PER_TOKEN for c in planned[1:-2]]
+    assert n_small == n_floored == n_overload == audio_of(planned).size
 
 
 def test_vocoder_context_cut_changes_nothing_the_vocoder_reaches(backends, monkeypatch):
