@@ -109,8 +109,6 @@ def main(argv=None) -> int:
     ap.add_argument("--pretrained", default=str(REPO / "pretrained"))
     ap.add_argument("--bench-requests", type=int, default=6)
     ap.add_argument("--sentences", type=int, help="training sentences (default: the recipe's)")
-    ap.add_argument("--arch", choices=("tiny", "small"), help="architecture of the base trained from scratch "
-                    "(default: the recipe's)")
     ap.add_argument("--version", default="v2", choices=("v2", "v2Pro", "v2ProPlus"),
                     help="model version of the tiny base trained from scratch (make demo: GSV_DEMO_VERSION)")
     args = ap.parse_args(argv)
@@ -124,8 +122,6 @@ def main(argv=None) -> int:
     recipe = dict(SCRATCH)
     if args.sentences:
         recipe["sentences"] = args.sentences
-    if args.arch:
-        recipe["arch"] = args.arch
 
     log("1/7 synthetic dataset (espeak-ng): training sentences and held-out ones")
     t = time.time()

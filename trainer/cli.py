@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="write a random-weights base bundle", formatter_class=fmt)
     p.add_argument("--out", required=True)
-    p.add_argument("--arch", default="tiny", choices=("tiny", "small", "v2"))
+    p.add_argument("--arch", default="tiny", choices=("tiny", "v2"))
     p.add_argument("--version", default="v2", choices=("v2", "v2Pro", "v2ProPlus"),
                    help="model version: v2Pro/v2ProPlus add the speaker-verification conditioning")
     p.add_argument("--sv", help="Pro versions: upstream speaker-verification model (pretrained_eres2netv2w24s4ep4.ckpt) "

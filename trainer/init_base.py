@@ -55,17 +55,7 @@ def presets() -> dict[str, ArchPreset]:
                                upsample_initial_channel=64, gin_channels=32, mrte_hidden=32, mrte_heads=2, ssl_dim=32,
                                resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1, 3),), p_dropout=0.1,
                                segment_size=16 * 640)
-    # "small": the tiny GPT and content path with a vocoder that can learn a voice's spectrum in CPU
-    # minutes.  tiny's 64-channel HiFi-GAN halves down to 2 channels at 32 kHz and one kernel size:
-    # its output stays noise-like to a speaker encoder for hundreds of steps; 256 channels (8 at
-    # 32 kHz) and two kernel sizes x three dilations cost ~6% of the full vocoder's FLOPs.
-    small_sovits = replace(tiny_sovits, upsample_initial_channel=256, resblock_kernel_sizes=(3, 7),
-                           resblock_dilation_sizes=((1, 3, 5), (1, 3, 5)))
     return {
-        "small": ArchPreset(tiny_gpt, small_sovits, hubert_layers=2, bert_layers=2, disc_channel_divisor=8,
-                            segment_frames=16,
-                            sv=SVConfig(m_channels=8, num_blocks=(1, 1, 2, 1), base_width=32, scale=2, expansion=2,
-                                        embedding_size=16)),
         "tiny": ArchPreset(tiny_gpt, tiny_sovits, hubert_layers=2, bert_layers=2, disc_channel_divisor=16,
                            segment_frames=16,
                            sv=SVConfig(m_channels=8, num_blocks=(1, 1, 2, 1), base_width=32, scale=2, expansion=2,
