@@ -190,9 +190,34 @@ def warm_up_engine(engine: Engine) -> None:
                               torch.zeros(1, scfg.gin_channels, 1), None, 1.0)
 
 
+# grpc's asyncio server logs a failed core write with a traceback at ERROR ("ExecuteBatchError raised in
+# core by servicer method ..."); on a stream that is what a client disconnecting between two audio
+# chunks looks like (grpc/grpc#32551).  The request is cancelled and accounted for by our own code.
+_CLIENT_GONE_WRITE = "ExecuteBatchError raised in core"
+
+
+class _ClientGoneWriteFilter(logging.Filter):
+    """Demotes grpc's failed-write record to DEBUG (handlers at INFO and above then drop it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith(_CLIENT_GONE_WRITE):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.exc_info = record.exc_text = None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def quiet_client_gone_writes() -> None:
+    """Install the filter once on grpc's asyncio logger (idempotent)."""
+    grpc_log = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, _ClientGoneWriteFilter) for f in grpc_log.filters):
+        grpc_log.addFilter(_ClientGoneWriteFilter())
+
+
 async def serve(config: ServerConfig, ready: asyncio.Event | None = None, state: ServerState | None = None,
                 stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set), then drain."""
+    quiet_client_gone_writes()
     state = state or build_state(config)
     interceptor = ErrorMappingInterceptor(state.metrics, SERVICE_NAME)
     server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[interceptor])

@@ -103,3 +103,21 @@ def test_disconnect_and_cancel_storm(roomy_server, error_log):
     assert threading.active_count() <= threads_before + 2  # no thread per request left behind
     assert sum(outcomes.values()) == 3 * CLIENTS, outcomes
     print("storm outcomes:", outcomes)
+
+
+def test_grpc_failed_write_to_a_gone_client_is_not_an_error(error_log):
+    """grpc's asyncio server logs a core write that failed because the client disconnected as an ERROR with
+    a traceback; the server demotes exactly that record (the storm above must stay free of errors)."""
+    import logging
+
+    from server.app import quiet_client_gone_writes
+
+    quiet_client_gone_writes()
+    quiet_client_gone_writes()  # idempotent: one filter
+    grpc_log = logging.getLogger("grpc._cython.cygrpc")
+    assert len(grpc_log.filters) == 1
+    grpc_log.error("ExecuteBatchError raised in core by servicer method [%s]", "/gsv.tts.v1.TextToSpeech/X")
+    assert not error_log.records
+    grpc_log.error("Unexpected error in the server core")  # any other grpc error still counts
+    assert len(error_log.records) == 1 and error_log.records[0].levelno == logging.ERROR
+    error_log.records.clear()
