@@ -91,7 +91,8 @@ def weight_bytes(bundle: Path, backend: str | None) -> int:
     if backend.startswith("onnx"):
         from gsv.backends.onnx_backend import AUDIO_GRAPHS, GPT_GRAPHS, PRECISION_OF, find_artifact
 
-        files = [find_artifact(b, g, PRECISION_OF[backend])["file"] for g in GPT_GRAPHS + AUDIO_GRAPHS]
+        arts = [find_artifact(b, g, PRECISION_OF[backend]) for g in GPT_GRAPHS + AUDIO_GRAPHS]
+        files = [f for a in arts for f in (a["file"], a.get("data_file")) if f]
     else:
         files = ["gpt.safetensors", "sovits.safetensors"]
     return sum((b.path / f).stat().st_size for f in files)

@@ -26,7 +26,7 @@ from gsv.errors import BundleError, GsvError
 
 from export import verify as V
 from export.graphs import GRAPHS, OPSET, PRECISIONS, applies, constants, io_manifest
-from export.onnx_export import convert_fp16, export_fp32, quantize_int8, quantize_int8_static
+from export.onnx_export import convert_fp16, export_fp32, externalize, quantize_int8, quantize_int8_static
 from export.wrappers import ExportModels
 
 log = logging.getLogger(__name__)
@@ -260,10 +260,13 @@ def _install(bundle: Bundle, tmp: Path, plan: _Plan, report: dict, trt_env) -> N
         plan.onnx.pop(key).unlink()
     for (graph, precision), p in plan.onnx.items():
         verified = report["precisions"].get(precision, {}).get("passed") if report["verified"] else None
+        data = externalize(p)  # after verification: the graph's meaning is unchanged, only where its weights live
         new_artifacts.append({
             "kind": "onnx", "graph": graph, "precision": precision, "file": f"onnx/{p.name}", "opset": OPSET,
             "bytes": p.stat().st_size, "sha256": sha256_file(p), "io": io_manifest(GRAPHS[graph], consts),
             "verified": verified, "onnxruntime_version": report["onnxruntime_version"],
+            **({"data_file": f"onnx/{data.name}", "data_bytes": data.stat().st_size, "data_sha256": sha256_file(data)}
+               if data else {}),
         })
     for graph, (p, info) in plan.trt.items():
         new_artifacts.append({
@@ -273,7 +276,10 @@ def _install(bundle: Bundle, tmp: Path, plan: _Plan, report: dict, trt_env) -> N
             "fp32_layers": info["fp32_layers"],
         })
     _merge_verify(bundle.path / "onnx" / VERIFY_FILE, tmp / "onnx" / VERIFY_FILE, report)
-    _swap_dir(bundle.path / "onnx", tmp / "onnx", skip={f"{g}.{p}.onnx" for g, p in plan.withdrawn})
+    withdrawn = {f"{g}.{p}.onnx" for g, p in plan.withdrawn}
+    # a graph written again takes its weights file along: a live .data whose graph is new is stale
+    stale = {f"{p.name}.data" for p in plan.onnx.values()} | {f"{w}.data" for w in withdrawn}
+    _swap_dir(bundle.path / "onnx", tmp / "onnx", skip=withdrawn | stale)
     if plan.trt:
         _swap_dir(bundle.path / "trt", tmp / "trt")
     replaced = {_artifact_key(a) for a in new_artifacts}

@@ -292,6 +292,10 @@ def open_onnx_backends(bundle, name: str = "onnx", device: str = "cpu", threads:
     precision = PRECISION_OF[name]
     arts = {g: find_artifact(bundle, g, precision) for g in GPT_GRAPHS + AUDIO_GRAPHS}
     paths = {g: bundle.path / a["file"] for g, a in arts.items()}
+    for g, a in arts.items():
+        if a.get("data_file") and not (bundle.path / a["data_file"]).is_file():
+            raise BundleError(f"{bundle.path / a['data_file']}: the weights of the {g} graph are missing "
+                              f"(re-run gsv-export --bundle {bundle.path})")
     fallback = [g for g in AUDIO_GRAPHS if arts[g]["precision"] != precision]
     if precision == "int8" and fallback:
         log.warning("%s: INT8 GPT with FP32 %s: %s", name, " + ".join(fallback), _int8_audio_reason(bundle))

@@ -7,7 +7,7 @@ A directory::
     sovits.safetensors   SoVITS weights (float32, weight norm folded; enc_q kept when the source had it)
     sv.safetensors       v2Pro/v2ProPlus only: the speaker-verification network (ERes2NetV2 trunk)
     hubert/  bert/       optional local model folders (copied, or referenced by absolute path)
-    onnx/*.onnx (+ verify.json), trt/*.plan   exported artifacts, listed in manifest["artifacts"]
+    onnx/*.onnx (+ their weights, *.onnx.data, and verify.json), trt/*.plan   exported artifacts, listed in manifest["artifacts"]
 
 Bundles are written into a temporary sibling directory and renamed into place, so an interrupted
 write never leaves a half-written bundle under the final name.
@@ -214,11 +214,9 @@ class Bundle:
     def _load_sovits_reference(self, device):
         from gsv.models.sovits.model import REFERENCE_PARTS, SoVITS
 
-        with torch.device("meta"):  # no memory for the parts dropped below
-            model = SoVITS(self.sovits_config)
-        for name in [n for n, _ in model.named_children() if n not in REFERENCE_PARTS]:
-            delattr(model, name)
-        model.to_empty(device="cpu")
+        # built directly (not on the meta device and cut down: meta tensors import torch._dynamo, with
+        # triton and sympy, about 130 MB resident in a server that never compiles anything)
+        model = SoVITS(self.sovits_config, reference_only=True)
         _load_into(model, self._load(SOVITS_FILE, lambda k: k.split(".", 1)[0] in REFERENCE_PARTS),
                    self.path / SOVITS_FILE)
         return model.eval().to(device)

@@ -85,7 +85,9 @@ def undo_liquidisation_error(text: str) -> str:
 @contextlib.contextmanager
 def _no_nltk_download():
     """Make ``nltk.download`` a logged no-op while g2pk2 is imported (no network at run time)."""
-    import nltk
+    from gsv.text.lean_imports import import_nltk
+
+    nltk = import_nltk()
 
     original = nltk.download
 

@@ -39,8 +39,24 @@ def test_manifest_lists_every_verified_artifact(exported_tiny):
     for (graph, _), a in arts.items():
         f = b.path / a["file"]
         assert f.is_file() and f.stat().st_size == a["bytes"] and sha256_file(f) == a["sha256"]
+        d = b.path / a["data_file"]  # the weights beside the graph (ONNX external data), checksummed too
+        assert d.name == f.name + ".data" and d.stat().st_size == a["data_bytes"] and sha256_file(d) == a["data_sha256"]
         assert a["io"] == io_manifest(GRAPHS[graph], consts) and a["verified"] is True and a["opset"] == 17
     assert not list(b.path.glob(".export.tmp-*")) and not list(b.path.glob(".onnx.old-*"))
+
+
+def test_graph_weights_are_external_data_beside_each_graph(exported_tiny):
+    """ONNX Runtime memory-maps external weights (a smaller resident set than inline ones): no graph of
+    the bundle keeps a large tensor inline, and each graph's weights file holds exactly its own tensors."""
+    import onnx
+
+    b = Bundle.open(exported_tiny)
+    for a in (a for a in b.artifacts if a["kind"] == "onnx"):
+        m = onnx.load(str(b.path / a["file"]), load_external_data=False)
+        big = [t for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) >= 1024]
+        assert big and all(t.data_location == onnx.TensorProto.EXTERNAL for t in big), a["file"]
+        locations = {e.value for t in big for e in t.external_data if e.key == "location"}
+        assert locations == {Path(a["data_file"]).name}
 
 
 def test_verify_report(exported_tiny):

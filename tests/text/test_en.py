@@ -285,3 +285,20 @@ def test_import_is_lazy():
         "assert 'pronouncing' not in sys.modules  # only its data file is read\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_english_frontend_leaves_scipy_and_sklearn_unimported_and_importable():
+    """The tokenizer's nltk import skips nltk's optional scientific stack (87 MB in a server); a
+    later import of those packages still works."""
+    code = ("import sys; from gsv.text.en import phonemizer; print(phonemizer.tokenize(\"I'm here, aren't you?\")); "
+            "print(sorted(m for m in ('scipy', 'sklearn') if m in sys.modules)); import scipy, sklearn; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert lines == ['["I\'m", \'here\', \',\', "aren\'t", \'you\', \'?\']', "[]", "ok"], out.stdout + out.stderr
+
+
+def test_dictionary_phones_are_shared_strings():
+    """~800,000 phone strings of the dictionary are ~70 shared (interned) objects."""
+    entries = list(dictionary.cmu_dictionary().values())
+    distinct_objects = {id(p) for phones in entries for p in phones}
+    assert len(distinct_objects) < 200

@@ -141,17 +141,22 @@ REFERENCE_PARTS = ("ssl_proj", "quantizer", "ref_enc", "sv_emb", "ge_to512", "pr
 
 
 class SoVITS(nn.Module):
-    def __init__(self, cfg: SoVITSConfig, with_posterior: bool = False):
+    """``reference_only``: only :data:`REFERENCE_PARTS` (what turns a reference into a voice); the text
+    encoder, flow and vocoder, about 90% of the weights, are never built."""
+
+    def __init__(self, cfg: SoVITSConfig, with_posterior: bool = False, reference_only: bool = False):
         super().__init__()
         self.cfg = cfg
-        self.enc_p = TextEncoder(cfg)
-        self.dec = Generator(cfg.inter_channels, cfg.resblock, cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes,
-                             cfg.upsample_rates, cfg.upsample_initial_channel, cfg.upsample_kernel_sizes,
-                             gin_channels=cfg.gin_channels)
-        if with_posterior:
-            self.enc_q = PosteriorEncoder(cfg.spec_channels, cfg.inter_channels, cfg.hidden_channels, 5, 1, 16,
-                                          gin_channels=cfg.gin_channels)
-        self.flow = ResidualCouplingBlock(cfg.inter_channels, cfg.hidden_channels, 5, 1, 4, gin_channels=cfg.gin_channels)
+        if not reference_only:
+            self.enc_p = TextEncoder(cfg)
+            self.dec = Generator(cfg.inter_channels, cfg.resblock, cfg.resblock_kernel_sizes,
+                                 cfg.resblock_dilation_sizes, cfg.upsample_rates, cfg.upsample_initial_channel,
+                                 cfg.upsample_kernel_sizes, gin_channels=cfg.gin_channels)
+            if with_posterior:
+                self.enc_q = PosteriorEncoder(cfg.spec_channels, cfg.inter_channels, cfg.hidden_channels, 5, 1, 16,
+                                              gin_channels=cfg.gin_channels)
+            self.flow = ResidualCouplingBlock(cfg.inter_channels, cfg.hidden_channels, 5, 1, 4,
+                                              gin_channels=cfg.gin_channels)
         self.ref_enc = MelStyleEncoder(cfg.ref_enc_bins, style_vector_dim=cfg.gin_channels)
         if cfg.semantic_frame_rate == "25hz":
             self.ssl_proj = nn.Conv1d(cfg.ssl_dim, cfg.ssl_dim, 2, stride=2)

@@ -47,7 +47,10 @@ _POSSESSIVE_RE = re.compile(r"^([a-z]+)('s)$")
 
 @lru_cache(maxsize=1)
 def _tokenizer():
-    from nltk.tokenize import TweetTokenizer  # nltk is slow to import; its tokenizers need no data
+    from gsv.text.lean_imports import import_nltk
+
+    import_nltk()  # nltk is slow and heavy to import (see lean_imports); its tokenizers need no data
+    from nltk.tokenize import TweetTokenizer
 
     return TweetTokenizer()
 
