@@ -83,6 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (torch and ONNX Runtime)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--save-audio", help="write each synthesis as a WAV into this folder")
+    p.add_argument("--stages", action="store_true",
+                   help="also score the speaker after each stage (reconstruction, prior from the real tokens) on "
+                        "training utterances: where the voice loses its speaker (benchmarks/quality_stages.py)")
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -356,6 +359,14 @@ def measure(args) -> dict:
                "relative": reference.relative(reference.similarity(encoder, u.samples, u.sr)), "seconds": u.seconds}
               for u in (load_utterances(args.score_audio) if args.score_audio else [])]
     primary = runs[0]
+    stages = None
+    if args.stages:
+        from benchmarks.quality_stages import measure_stages, weakest_stage
+
+        torch_synth = synths.get("torch") or Synthesizer(bundle, backend="torch", device=args.device,
+                                                         threads=args.threads)
+        stages = measure_stages(torch_synth, voice_utts, reference, encoder, seed=args.seed)
+        stages["weakest_stage"] = weakest_stage(stages, primary["speaker_similarity"], reference.ceiling)
     report = {
         "benchmark": "quality", "bundle": str(bundle.path), "bundle_id": bundle.bundle_id,
         "encoder": encoder.name, "speaker_similarity": primary["speaker_similarity"],
@@ -367,6 +378,7 @@ def measure(args) -> dict:
                           "heldout_utterances": len(heldout)},
         "sentences": len(sentences), "seed": args.seed, "runs": runs, "comparisons": comparisons,
         "passed": all(c["passed"] for c in comparisons), "scored_audio": scored,
+        **({"stages": stages} if stages is not None else {}),
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__},
     }
@@ -383,6 +395,12 @@ def run(args) -> int:
               f"(relative {r['relative'] if r['relative'] is not None else float('nan'):.3f})"
               + (f"  warnings: {'; '.join(r['warnings'])}" if r["warnings"] else ""))
     print(f"ceiling {report['ceiling']}, floor {report['floor']} ({report['encoder']})")
+    st = report.get("stages")
+    if st:
+        parts = [f"{k} {st[k]['speaker_similarity']:.4f}" if "speaker_similarity" in st.get(k, {})
+                 else f"{k} skipped ({st.get(k, {}).get('skipped', 'n/a')})"
+                 for k in ("reconstruction", "prior_from_real_tokens")]
+        print(f"stages on {st['utterances']} training utterances: {', '.join(parts)}; weakest: {st.get('weakest_stage')}")
     for c in report["comparisons"]:
         print(f"{c['b']} - {c['a']}: {c['speaker_similarity_difference']:+.4f} "
               f"({'ok' if c['passed'] else 'over'} {c['max_difference']})")

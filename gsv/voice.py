@@ -176,6 +176,19 @@ class VoicePreparer:
             return torch.zeros(0, dtype=torch.long)
         return self._tokens(*_read_main_reference(ref_audio))
 
+    @torch.no_grad()
+    def audio_timbre(self, samples: np.ndarray, sr: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`timbre` of one audio array of any length (the reference-length rule is for voices;
+        this is for measuring, e.g. a training utterance)."""
+        return self._timbre([(samples, sr)])
+
+    @torch.no_grad()
+    def audio_tokens(self, samples: np.ndarray, sr: int) -> torch.Tensor:
+        """:meth:`prompt_tokens` of one audio array of any length."""
+        if self.hubert is None:
+            return torch.zeros(0, dtype=torch.long)
+        return self._tokens(samples, sr)
+
     def _tokens(self, wav: np.ndarray, sr: int) -> torch.Tensor:
         from gsv.audio import resample_soxr
 

@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     t = time.time()
     run(tool("gsv-bench"), "quality", "--bundle", work / "voice", "--compare-backends", "onnx,onnx-int8", "--stream",
         "--score-audio", out / "demo.wav", "--out", work / "quality_voice.json", "--max-difference", MAX_DIFFERENCE,
-        *quality_args(work, ref, ref_text))
+        "--stages", *quality_args(work, ref, ref_text))
     phases["quality_voice"] = time.time() - t
     minutes = (time.time() - t_start) / 60
     training = {"base": "pretrained" if pre else recipe["arch"], "gpt_steps": recipe["gpt_steps"],
@@ -263,6 +263,7 @@ def write_quality(out: Path, work: Path, training: dict, minutes: float, phases:
         "untrained_base": {"speaker_similarity": base["speaker_similarity"], "relative": base["relative"]},
         "ceiling": voice["ceiling"], "floor": voice["floor"], "reference": voice["reference"],
         "int8_vs_fp32": diffs.get(("onnx", "onnx-int8")), "stream_vs_whole": diffs.get(("onnx", "onnx+stream")),
+        "stages": voice.get("stages"),  # where the speaker is lost: reconstruction / prior / synthesis
         "goals": {"trained_min": GOAL_SIMILARITY, "above_untrained_base": True, "max_difference": MAX_DIFFERENCE},
         "training": training, "demo_minutes": round(minutes, 2),
         "phase_minutes": {k: round(v / 60, 2) for k, v in phases.items()},

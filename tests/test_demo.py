@@ -41,6 +41,10 @@ def test_demo_end_to_end(tmp_path, version):
     assert len(q["trained"]["sentences"]) == 4 and abs(q["int8_vs_fp32"]) <= 2 and abs(q["stream_vs_whole"]) <= 2
     assert set(q["met"]) == {"trained_min", "above_untrained_base", "int8_vs_fp32", "stream_vs_whole"}
     assert q["training"]["gpt_steps"] == 10 and q["training"]["sovits_steps"] == 10
+    # where the speaker is lost (the demo's bundle has the posterior encoder and a HuBERT: every stage runs)
+    st = q["stages"]
+    assert -1.0 <= st["reconstruction"]["speaker_similarity"] <= 1.0 and "0-100" in st["spectrum_db"]
+    assert -1.0 <= st["prior_from_real_tokens"]["speaker_similarity"] <= 1.0 and st["weakest_stage"]
     import matplotlib.image
 
     assert matplotlib.image.imread(str(tmp_path / "bench.png")).shape[1] > 1800  # 3 serving panels + the voice

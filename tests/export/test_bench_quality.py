@@ -83,3 +83,48 @@ def test_quality_errors_are_clear(exported_tiny, voice_data, tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "resemblyzer", None)  # no pretrained encoder: no number, a reason
     assert main(args + ["--sentences", str(voice_data / "heldout.txt")]) == 2
     assert "not installed" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
+
+
+def test_quality_stages_on_tiny(tiny_models_dir, tiny_bundle, voice_data, tmp_path):
+    """--stages scores the speaker after the posterior reconstruction and after the prior from the real
+    tokens, on the training utterances, and names the stage with the largest drop; a bundle without the
+    posterior encoder or HuBERT skips that stage and says why."""
+    from benchmarks.cli import main
+    from gsv.checkpoint.bundle import write_bundle
+    from tests.conftest import tiny_gpt, tiny_sovits
+
+    hubert, bert = tiny_models_dir
+    g, s = tiny_gpt(0), tiny_sovits(0, with_posterior=True)
+    bundle = write_bundle(tmp_path / "b", g.cfg, g.state_dict(), s.cfg, s.state_dict(), sources={"kind": "test"},
+                          hubert_dir=hubert, bert_dir=bert)
+    args = ["quality", "--voice-audio", str(voice_data / "data.list"), "--heldout-audio",
+            str(voice_data / "heldout.list"), "--sentences", str(voice_data / "heldout.txt"), "--backend", "torch",
+            "--stages", "--threads", "1"]
+    assert main(args + ["--bundle", str(bundle.path), "--out", str(tmp_path / "r.json")]) == 0
+    st = json.loads((tmp_path / "r.json").read_text())["stages"]
+    assert st["utterances"] == 4 and st["noise_scale"] == 0.5
+    for key in ("reconstruction", "prior_from_real_tokens"):
+        assert len(st[key]["per_utterance"]) == 4 and all(_in(v, -1, 1) for v in st[key]["per_utterance"])
+        assert st[key]["speaker_similarity"] == pytest.approx(sum(st[key]["per_utterance"]) / 4, abs=1e-4)
+    assert set(st["spectrum_db"]) >= {"0-100", "300-700", "5000-8000", "12000-16000"}
+    assert all(_in(v, -200, 200) for v in st["spectrum_db"].values())
+    assert st["weakest_stage"] in ("reconstruction", "prior_from_real_tokens", "synthesis")
+
+    assert main(args + ["--bundle", str(tiny_bundle.path), "--out", str(tmp_path / "r2.json")]) == 0
+    st = json.loads((tmp_path / "r2.json").read_text())["stages"]
+    assert "posterior encoder" in st["reconstruction"]["skipped"] and "HuBERT" in st["prior_from_real_tokens"]["skipped"]
+    assert "spectrum_db" not in st and st["weakest_stage"] == "synthesis"
+
+
+def test_band_power_ratio_measures_known_gains():
+    import numpy as np
+
+    from benchmarks.quality_stages import band_power_ratio_db
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(32000 * 2)
+    assert all(v == pytest.approx(6.0206, abs=0.01) for v in band_power_ratio_db(2 * x, x, 32000).values())
+    spectrum = np.fft.rfft(x)
+    spectrum[np.fft.rfftfreq(x.size, 1 / 32000) >= 3000] = 0  # a low-pass: the bands above 3 kHz lose everything
+    r = band_power_ratio_db(np.fft.irfft(spectrum, x.size), x, 32000)
+    assert abs(r["700-1500"]) < 0.5 and r["5000-8000"] < -40 and r["12000-16000"] < -40
