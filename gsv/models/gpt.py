@@ -118,7 +118,7 @@ class GPTLayer(nn.Module):
         return self.norm2(x + self.dropout(ff))
 
     def forward_full(self, x: torch.Tensor, allowed: torch.Tensor):
-        """x: [B, S, D]; allowed: [B, 1, S, S] bool (True = may attend).
+        """x: [B, S, D]; allowed: [B, 1, S, S] bool (True = may attend) or an additive float bias (0 / very negative).
         Returns (x, k, v), k/v [B, H, S, Dh] (the head-split cache layout)."""
         sa = self.self_attn
         q, k, v = (sa.split_heads(t) for t in sa.qkv(x))
@@ -209,10 +209,15 @@ class Text2SemanticGPT(nn.Module):
         src = torch.where(j < sl, src, torch.zeros_like(src))  # padding reads position 0 (masked)
         both = torch.cat([text, audio], dim=1)  # [B, Tx + Ty, D]
         x = torch.gather(both, 1, src.unsqueeze(-1).expand(b, s, both.shape[-1]))  # [B, S, D]
+        # one additive bias for all layers: a boolean mask makes every layer convert it again, and the
+        # exported graph guards each softmax against fully masked rows (Where + IsNaN over [B, H, S, S],
+        # 12% of a full-size prefill); a finite minimum gives the same probabilities (exp underflows to
+        # exactly 0) and no row here is fully masked (every query sees the text)
         allowed = self.prefix_lm_mask(phone_lens, seq_lens, s)
+        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, torch.finfo(x.dtype).min)
         ks, vs = [], []
         for layer in self.h.layers:
-            x, k, v = layer.forward_full(x, allowed)
+            x, k, v = layer.forward_full(x, bias)
             ks.append(k)
             vs.append(v)
         last = torch.gather(x, 1, (seq_lens - 1).clamp(min=0).view(b, 1, 1).expand(b, 1, x.shape[-1]))
