@@ -39,8 +39,12 @@ log = logging.getLogger(__name__)
 # over iterations.  A single request is always admitted, however long.
 PREFILL_POSITION_BUDGET = 768
 # An early (shorter) chunk is cut when a stream's listener would otherwise run out of audio within
-# the estimated decode time of the next window plus this margin (seconds).
-DEADLINE_MARGIN_S = 0.15
+# the estimated decode time of the next window plus this margin (seconds).  It covers what the
+# estimate leaves out: the GPT step in flight when the cut is decided, a decoder call ahead in the
+# queue, encoding and delivery.  Measured (full-size INT8, one and two streams): with 0.15 s windows
+# still arrived 7-22 ms after the listener's audio ran out (1 and 9 underruns); 0.25 s: none, at the
+# same throughput (benchmarks/results/2026-12-06-xeon-avx512-late/).
+DEADLINE_MARGIN_S = 0.25
 # Minimum useful fraction (real frames / padded frames) of a batched decoder call.
 DECODE_BATCH_FILL = 0.8
 
