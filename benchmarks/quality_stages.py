@@ -67,8 +67,8 @@ def measure_stages(synth, utterances, reference, encoder, seed: int = 0) -> dict
     if not utts:
         return out | {"skipped": "no training utterance has a transcript (give a .list file)"}
     bundle = synth.bundle
-    net = bundle.load_sovits(with_posterior=True)
-    has_posterior = any(k.startswith("enc_q.") for k in bundle.sovits_state_dict())
+    has_posterior = bundle.has_posterior_encoder
+    net = bundle.load_sovits(with_posterior=has_posterior)
     preparer = synth.voice_preparer
     has_tokens = preparer.hubert is not None
     gen = torch.Generator().manual_seed(seed)
@@ -86,8 +86,8 @@ def measure_stages(synth, utterances, reference, encoder, seed: int = 0) -> dict
             if has_tokens:
                 codes = preparer.audio_tokens(u.samples, u.sr).unsqueeze(0)  # [1, Tc]
                 phones = torch.tensor([list(synth.text.prompt(u.text, u.lang or "en")[0].ids)])
-                m_p, _, _ = net.prior(codes, phones, ge)
-                noise = torch.randn(m_p.shape, generator=gen) * STAGE_NOISE_SCALE
+                frames = codes.shape[1] * net.frames_per_code  # the prior's length (speed 1): z_p's shape
+                noise = torch.randn(1, net.cfg.inter_channels, frames, generator=gen) * STAGE_NOISE_SCALE
                 z, _ = net.decode_latent(codes, phones, ge, noise=noise)
                 prior.append(reference.similarity(encoder, net.vocode(z, ge)[0].numpy(), SAMPLE_RATE))
     if has_posterior:

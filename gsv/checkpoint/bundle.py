@@ -169,15 +169,25 @@ class Bundle:
             raise BundleError(f"bundle {self.path} has no speaker-verification model")
         return self._load(self.manifest["sv"].get("file", SV_FILE))
 
-    def _load(self, fname: str, keep=None) -> dict[str, torch.Tensor]:
-        """The tensors of a weights file; ``keep(name)`` reads only those it accepts."""
+    @property
+    def has_posterior_encoder(self) -> bool:
+        """Whether the SoVITS weights include the posterior encoder (enc_q), which only training uses
+        (bundles written by the trainer keep it); read from the file's index, no tensor is loaded."""
+        return any(k.startswith("enc_q.") for k in self._load(self.manifest["sovits"].get("file", SOVITS_FILE),
+                                                              names_only=True))
+
+    def _load(self, fname: str, keep=None, names_only: bool = False):
+        """The tensors of a weights file; ``keep(name)`` reads only those it accepts; ``names_only``: just
+        the tensor names (from the file's header)."""
         from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         try:
-            if keep is None:
+            if keep is None and not names_only:
                 return load_file(str(self.path / fname))
             with safe_open(str(self.path / fname), framework="pt") as f:
+                if names_only:
+                    return list(f.keys())
                 return {k: f.get_tensor(k) for k in f.keys() if keep(k)}
         except (SafetensorError, OSError, ValueError) as e:
             raise BundleError(f"{self.path / fname}: corrupt weights file ({e})") from None
