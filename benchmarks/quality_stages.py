@@ -71,7 +71,8 @@ def measure_stages(synth, utterances, reference, encoder, seed: int = 0) -> dict
     net = bundle.load_sovits(with_posterior=has_posterior)
     preparer = synth.voice_preparer
     has_tokens = preparer.hubert is not None
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # the prior's noise
+    gen_q = torch.Generator().manual_seed(seed + 1)  # the posterior's sample
     recon, prior, spectra = [], [], []
     with torch.no_grad():
         for u in utts:
@@ -79,7 +80,9 @@ def measure_stages(synth, utterances, reference, encoder, seed: int = 0) -> dict
             ge = preparer.audio_timbre(u.samples, u.sr)[0].unsqueeze(0)  # [1, gin, 1] (Pro: with the SV embedding)
             if has_posterior:
                 spec = spectrogram(wav32)  # [1, 1025, T]
-                z, _, _, _ = net.enc_q(spec, torch.tensor([spec.shape[-1]]), g=ge)
+                _, m_q, logs_q, mask = net.enc_q(spec, torch.tensor([spec.shape[-1]]), g=ge)
+                # z sampled as the posterior encoder does, from a seeded generator: a reproducible number
+                z = (m_q + torch.randn(m_q.shape, generator=gen_q) * torch.exp(logs_q)) * mask
                 audio = net.vocode(z, ge)[0].numpy()
                 recon.append(reference.similarity(encoder, audio, SAMPLE_RATE))
                 spectra.append(band_power_ratio_db(audio, wav32[0].numpy(), SAMPLE_RATE))

@@ -109,6 +109,9 @@ def test_quality_stages_on_tiny(tiny_models_dir, tiny_bundle, voice_data, tmp_pa
     assert set(st["spectrum_db"]) >= {"0-100", "300-700", "5000-8000", "12000-16000"}
     assert all(_in(v, -200, 200) for v in st["spectrum_db"].values())
     assert st["weakest_stage"] in ("reconstruction", "prior_from_real_tokens", "synthesis")
+    # reproducible: the posterior's sample and the prior's noise come from the seed
+    assert main(args + ["--bundle", str(bundle.path), "--out", str(tmp_path / "again.json")]) == 0
+    assert json.loads((tmp_path / "again.json").read_text())["stages"] == st
 
     assert main(args + ["--bundle", str(tiny_bundle.path), "--out", str(tmp_path / "r2.json")]) == 0
     st = json.loads((tmp_path / "r2.json").read_text())["stages"]
