@@ -2,8 +2,10 @@
 """The demo (``make demo``): from nothing to a served, streamed, benchmarked voice on this machine.
 
 1. a synthetic English dataset spoken by espeak-ng (training sentences + held-out ones);
-2. a base model: upstream pretrained files placed in ``pretrained/`` (fine-tuning), otherwise a small
-   random architecture trained from scratch (no pretrained weights can ship with the project);
+2. a base model: upstream pretrained files placed in ``pretrained/`` (fine-tuning), otherwise the
+   tiny base pre-trained on other espeak-ng voices that ships in ``assets/demo-base/`` (fine-tuning;
+   ``make demo-base`` rebuilds it), otherwise (``--base scratch``, Pro versions) a tiny random
+   architecture trained from scratch;
 3. prepare, the untrained base's voice similarity, GPT + SoVITS training, then a bundle;
 4. ONNX export (verified), and an attempt at FP16 TensorRT engines (reported, not fatal, without a GPU);
 5. the gRPC server, a registered voice, one sentence streamed to ``out/demo.wav`` through the client;
@@ -80,6 +82,12 @@ def find_pretrained(root: Path) -> dict | None:
 # ("What the demo voice learns") and in benchmarks/results/*/demo_quality*.json.
 SCRATCH = {"arch": "tiny", "sentences": 60, "heldout": 4, "gpt_steps": 1000, "sovits_steps": 500,
            "sovits_args": ["--lr", 2e-3, "--warmup-steps", 500], "gpt_args": ["--prompt-pairs", 0.5]}
+# Fine-tuning the pre-trained tiny base of assets/demo-base (scripts/demo_base.py, make demo-base): the
+# vocoder phase adapts the decoder to the new speaker, the warm-up steps bring the prior along
+DEMO_BASE = REPO / "assets" / "demo-base"
+FINETUNE = {"arch": "tiny", "sentences": 60, "heldout": 4, "gpt_steps": 600, "sovits_steps": 400,
+            "sovits_args": ["--lr", 1e-3, "--batch-size", 16, "--vocoder-steps", 150, "--warmup-steps", 100000],
+            "gpt_args": ["--prompt-pairs", 0.5]}
 PRETRAINED_STEPS = 40  # full-size steps take seconds each on a CPU
 GOAL_SIMILARITY = 0.65  # the issue's goal for the default demo (pretrained speaker encoder)
 MAX_DIFFERENCE = 0.02  # INT8 vs FP32 and streamed vs whole-utterance decoding
@@ -111,6 +119,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sentences", type=int, help="training sentences (default: the recipe's)")
     ap.add_argument("--version", default="v2", choices=("v2", "v2Pro", "v2ProPlus"),
                     help="model version of the tiny base trained from scratch (make demo: GSV_DEMO_VERSION)")
+    ap.add_argument("--base", default="auto", choices=("auto", "demo-base", "scratch"),
+                    help="auto: upstream files in --pretrained, else the pre-trained tiny base of assets/demo-base "
+                         "(v2), else a tiny base trained from scratch")
     args = ap.parse_args(argv)
     t_start = time.time()
     phases: dict[str, float] = {}
@@ -119,7 +130,13 @@ def main(argv=None) -> int:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    recipe = dict(SCRATCH)
+    pre = find_pretrained(Path(args.pretrained)) if args.base == "auto" else None
+    demo_base = (not pre and args.base != "scratch" and args.version == "v2"
+                 and (DEMO_BASE / "manifest.json").is_file())
+    if args.base == "demo-base" and not demo_base:
+        raise SystemExit(f"demo.py: no v2 demo base in {DEMO_BASE} (make demo-base builds it)")
+    recipe = dict(FINETUNE if demo_base else SCRATCH)
+    base_kind = "pretrained" if pre else "demo-base" if demo_base else recipe["arch"]
     if args.sentences:
         recipe["sentences"] = args.sentences
 
@@ -129,7 +146,6 @@ def main(argv=None) -> int:
         recipe["heldout"])
     ref, ref_text = make_reference(work / "data", work / "reference.wav")
 
-    pre = find_pretrained(Path(args.pretrained))
     if pre:
         log(f"2/7 base: upstream pretrained files {pre['gpt'].name} + {pre['sovits'].name} (fine-tuning)")
         cmd = [tool("gsv"), "import", "--gpt", pre["gpt"], "--sovits", pre["sovits"], "--out", work / "base"]
@@ -138,6 +154,10 @@ def main(argv=None) -> int:
                 cmd += [f"--{key}", pre[key]]
         run(*cmd)
         recipe.update(gpt_steps=PRETRAINED_STEPS, sovits_steps=PRETRAINED_STEPS, sovits_args=[])
+    elif demo_base:
+        log(f"2/7 base: the tiny base pre-trained on other espeak-ng voices ({DEMO_BASE.relative_to(REPO)}, "
+            "make demo-base), fine-tuned")
+        shutil.copytree(DEMO_BASE, work / "base", ignore=shutil.ignore_patterns("recipe.json"))
     else:
         log(f"2/7 base: no upstream weights in pretrained/, so a {recipe['arch']} {args.version} architecture is "
             "trained from scratch")
@@ -214,8 +234,10 @@ def main(argv=None) -> int:
         "--stages", *quality_args(work, ref, ref_text))
     phases["quality_voice"] = time.time() - t
     minutes = (time.time() - t_start) / 60
-    training = {"base": "pretrained" if pre else recipe["arch"], "gpt_steps": recipe["gpt_steps"],
-                "sovits_steps": _stage_steps(work / "exp", "sovits"),
+    from trainer.checkpointing import trained_steps
+
+    training = {"base": base_kind, "gpt_steps": recipe["gpt_steps"],
+                "sovits_steps": trained_steps(work / "exp", "sovits"),
                 "sovits_args": [str(a) for a in recipe["sovits_args"]],
                 "minutes_budget": args.minutes, "sentences": recipe["sentences"]}
     quality = write_quality(out, work, training, minutes, phases)
@@ -225,17 +247,10 @@ def main(argv=None) -> int:
         f"{out / 'quality.json'}; server log {work / 'server.log'}")
     print(json.dumps({"demo_wav": str(out / "demo.wav"), "bench_png": str(out / "bench.png"),
                       "quality_json": str(out / "quality.json"), "minutes": round(minutes, 2), "tensorrt": trt_note,
-                      "base": "pretrained" if pre else recipe["arch"],
+                      "base": base_kind,
                       "model_version": json.loads((work / "voice" / "manifest.json").read_text())["model_version"],
                       "speaker_similarity": quality["trained"]["speaker_similarity"]}))
     return 0
-
-
-def _stage_steps(exp: Path, stage: str) -> int | None:
-    from trainer.checkpointing import load_state
-
-    f = exp / "train" / stage / "state-last.pt"
-    return int(load_state(f)["progress"]["global_step"]) if f.is_file() else None
 
 
 def write_quality(out: Path, work: Path, training: dict, minutes: float, phases: dict) -> dict:

@@ -66,6 +66,12 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+def trained_steps(exp_path: Path, stage: str) -> int | None:
+    """Optimizer steps a stage of the experiment has done (None: never trained)."""
+    f = Path(exp_path) / "train" / stage / STATE_FILE
+    return int(load_state(f)["progress"]["global_step"]) if f.is_file() else None
+
+
 def load_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=16, help="training sentences")
     p.add_argument("--heldout", type=int, default=0, help="held-out sentences (OUT/heldout.list, OUT/heldout.txt)")
     p.add_argument("--voice", default="en-us")
+    p.add_argument("--voices", help="comma-separated espeak-ng voices, one speaker each (multi-speaker data; "
+                                    "'pretrain': the demo base's voices); replaces --voice and --heldout")
     p.set_defaults(func=cmd_synthetic)
 
     p = sub.add_parser("init", help="write a random-weights base bundle", formatter_class=fmt)
@@ -114,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment-frames", type=int, help="random slice length in 50 Hz frames (default 32)")
     p.add_argument("--warmup-steps", type=int, default=0,
                    help="first steps without the discriminator, mel + KL losses only (bases trained from scratch)")
+    p.add_argument("--vocoder-steps", type=int, default=0,
+                   help="before those, steps that train only the speaker encoder, posterior encoder and decoder "
+                        "(bases trained from scratch: several times more audio per second for the decoder)")
+    p.add_argument("--vocoder-segment-frames", type=int, default=64,
+                   help="slice length of the vocoder steps in 50 Hz frames")
     p.set_defaults(func=cmd_sovits)
 
     p = sub.add_parser("gpt", help="fine-tune the GPT", formatter_class=fmt)
@@ -138,8 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_synthetic(args) -> int:
-    from trainer.synthetic import make_dataset
+    from trainer.synthetic import PRETRAIN_VOICES, make_dataset, make_multi_voice_dataset
 
+    if args.voices:
+        voices = PRETRAIN_VOICES if args.voices == "pretrain" else tuple(v for v in args.voices.split(",") if v)
+        path = make_multi_voice_dataset(args.out, voices, args.count)
+        print(f"wrote {args.count} utterances in each of {len(voices)} voices and {path}")
+        return 0
     path = make_dataset(args.out, args.count, args.voice, heldout=args.heldout)
     print(f"wrote {args.count} utterances and {path}" + (f" ({args.heldout} held out)" if args.heldout else ""))
     return 0
@@ -172,7 +184,8 @@ def cmd_sovits(args) -> int:
     kw = _common_cfg(args)
     cfg = SoVITSTrainConfig(**kw, learning_rate=args.lr, text_low_lr_rate=args.text_low_lr_rate,
                             base_discriminator=args.base_d, segment_frames=args.segment_frames,
-                            warmup_steps=args.warmup_steps,
+                            warmup_steps=args.warmup_steps, vocoder_steps=args.vocoder_steps,
+                            vocoder_segment_frames=args.vocoder_segment_frames,
                             discriminator=DiscriminatorConfig(channel_divisor=args.disc_divisor or 1))
     r = train("sovits", args.exp, cfg, args.base)
     _report(r)

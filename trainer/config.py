@@ -82,6 +82,10 @@ class SoVITSTrainConfig(CommonTrainConfig):
     # not upstream: the first N steps train the generator on mel + KL only, without the discriminator, for
     # bases trained from scratch, whose decoder cannot make speech yet (upstream's pretrained one can)
     warmup_steps: int = 0
+    # not upstream: before those, N steps of the vocoder phase (speaker encoder + posterior encoder +
+    # decoder on longer slices, mel + KL to a unit Gaussian): the cheapest way to teach a random decoder
+    vocoder_steps: int = 0
+    vocoder_segment_frames: int = 64
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     base_discriminator: str | None = None  # upstream s2D*.pth to start the discriminator from
 

@@ -50,10 +50,12 @@ class SoVITSForTraining(nn.Module):
         self.net = net
         self.segment_frames = segment_frames
 
-    def forward(self, ssl, spec, spec_lengths, phones, phone_lengths, sv=None):
+    def forward(self, ssl, spec, spec_lengths, phones, phone_lengths, sv=None, vocoder_frames: int | None = None):
         """ssl [B, 768, L], spec [B, 1025, L] (L even), lengths [B], and for Pro models the utterances'
         speaker-verification embeddings sv [B, sv_dim] -> y_hat [B, 1, seg * hop], slice starts [B],
         mask [B, 1, L] and the KL terms (z_p, m_p, logs_p, logs_q), each [B, C, L]."""
+        if vocoder_frames is not None:  # through forward, so that DDP synchronises the gradients
+            return self.posterior_and_decoder(spec, spec_lengths, vocoder_frames, sv)
         net = self.net
         # the same utterance is its own reference (Pro: ge = PReLU(ref_enc + sv_emb(sv)), as upstream)
         ge = net.speaker_embedding(spec, sv, spec_lengths)
@@ -69,6 +71,18 @@ class SoVITSForTraining(nn.Module):
         z_slice, ids = rand_slice_segments(z, spec_lengths, self.segment_frames)
         y_hat = net.dec(z_slice, g=ge)
         return y_hat, ids, y_mask, (z_p, m_p, logs_p, logs_q)
+
+    def posterior_and_decoder(self, spec, spec_lengths, segment_frames: int, sv=None):
+        """The vocoder phase's path: spectrogram -> posterior encoder -> decoder, nothing else.
+        -> y_hat [B, 1, seg * hop], slice starts [B], seg, and the KL terms of the posterior against a
+        unit Gaussian (z, logs_q, 0, 0, mask).  seg = min(segment_frames, shortest row): rows differ."""
+        net = self.net
+        ge = net.speaker_embedding(spec, sv, spec_lengths)
+        z, m_q, logs_q, y_mask = net.enc_q(spec, spec_lengths, g=ge)
+        seg = int(min(segment_frames, int(spec_lengths.min())))
+        z_slice, ids = rand_slice_segments(z, spec_lengths, seg)
+        zeros = torch.zeros_like(z)
+        return net.dec(z_slice, g=ge), ids, seg, (z, logs_q, zeros, zeros, y_mask)
 
 
 class SoVITSStage(Stage):
@@ -119,7 +133,8 @@ class SoVITSStage(Stage):
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [device.index] if device.type == "cuda" else None
-            self.g_ddp = DDP(self.g, device_ids=ids)
+            # the vocoder phase leaves the text encoder and flow without gradients
+            self.g_ddp = DDP(self.g, device_ids=ids, find_unused_parameters=cfg.vocoder_steps > 0)
             self.d_ddp = DDP(self.d, device_ids=ids)
         self.dataset = SoVITSDataset(exp, replicate(train_items, cfg.min_epoch_items), self.segment_frames)
         self.collate = collate_sovits
@@ -174,6 +189,33 @@ class SoVITSStage(Stage):
         y = slice_segments(wav, ids * hop, self.segment_frames * hop)
         return y, y_hat, y_mel, y_hat_mel, (z_p, logs_q, m_p, logs_p, z_mask)
 
+    def vocoder_step(self, batch) -> dict[str, float]:
+        """A vocoder-phase step (bases trained from scratch): only the speaker encoder, posterior
+        encoder and decoder, on slices of ``vocoder_segment_frames``, mel loss + the posterior's KL to
+        a unit Gaussian (keeps its scale bounded until the prior joins).  A random decoder learns to
+        render spectra from the data it sees; this step skips the text encoder, flow and discriminator,
+        so the same seconds show the decoder several times more audio than a full step."""
+        ssl, spec, spec_lengths, wav, _, phones, phone_lengths, sv = (
+            t.to(self.device) if t is not None else None for t in batch)
+        a = self.arch
+        with self._autocast():
+            y_hat, ids, seg, kl_terms = self.g_ddp(ssl, spec, spec_lengths, phones, phone_lengths,
+                                                   sv if a.is_pro else None,
+                                                   vocoder_frames=self.cfg.vocoder_segment_frames)
+        y_mel = slice_segments(spec_to_mel(spec, a.sampling_rate, a.n_mel_channels), ids, seg)
+        y_hat_mel = spec_to_mel(spectrogram(y_hat.squeeze(1).float(), a.filter_length, a.hop_length, a.win_length),
+                                a.sampling_rate, a.n_mel_channels)
+        loss_mel = F.l1_loss(y_mel, y_hat_mel) * self.cfg.c_mel
+        loss_kl = losses.kl_loss(*kl_terms) * self.cfg.c_kl
+        loss_g = loss_mel + loss_kl
+        self.opt_g.zero_grad(set_to_none=True)  # parameters outside the path keep no gradient: AdamW skips them
+        self.scaler.scale(loss_g).backward()
+        self.scaler.unscale_(self.opt_g)
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        out = {"loss/g/total": loss_g, "loss/g/mel": loss_mel, "loss/g/kl": loss_kl}
+        return {k: v.detach().item() for k, v in out.items()} | {"learning_rate": self.opt_g.param_groups[0]["lr"]}
+
     def warmup_step(self, batch) -> dict[str, float]:
         """A warm-up step (bases trained from scratch): the generator on the mel + KL losses only,
         no discriminator (about 60% of a full step's time); a random decoder first has to learn to
@@ -192,7 +234,9 @@ class SoVITSStage(Stage):
 
     def train_step(self, micro_batches, step: int) -> dict[str, float]:
         (batch,) = micro_batches
-        if step < self.cfg.warmup_steps:
+        if step < self.cfg.vocoder_steps:
+            return self.vocoder_step(batch)
+        if step < self.cfg.vocoder_steps + self.cfg.warmup_steps:
             return self.warmup_step(batch)
         y, y_hat, y_mel, y_hat_mel, kl_terms = self._forward(batch, self.g_ddp)
         with self._autocast():

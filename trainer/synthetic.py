@@ -94,6 +94,13 @@ HELDOUT_SENTENCES = (
 )
 
 
+# Voices of the demo base's pre-training (scripts/demo_base.py): accents and voice variants of espeak-ng,
+# none of them the demo's own speaker ("en-us" without a variant), so that fine-tuning still has to move
+# the base towards that speaker
+PRETRAIN_VOICES = ("en-gb+m3", "en-gb-scotland+f2", "en-gb-x-rp+m5", "en-029+f4", "en-gb-x-gbclan+m1",
+                   "en-gb-x-gbcwmd+f1", "en-us+m4", "en-us+f3")
+
+
 class SyntheticDataError(GsvError):
     """espeak-ng is missing or failed."""
 
@@ -136,6 +143,27 @@ def make_dataset(out: str | Path, count: int = 16, voice: str = "en-us", speaker
         _speak_list(out / "heldout", "held", HELDOUT_SENTENCES[:heldout], out / "heldout.list", exe, voice, speaker)
         (out / "heldout.txt").write_text("\n".join(HELDOUT_SENTENCES[:heldout]) + "\n", "utf-8")
     log.info("wrote %d utterances (%d held out) to %s", count, heldout, out)
+    return list_path
+
+
+def make_multi_voice_dataset(out: str | Path, voices=PRETRAIN_VOICES, count: int = len(SENTENCES)) -> Path:
+    """Speak the first ``count`` training sentences in each of ``voices`` (one speaker per voice, named
+    after it) into ``out/wavs/<voice>/``; returns the path of the joined ``out/data.list``."""
+    exe = find_espeak()
+    if not voices:
+        raise SyntheticDataError("give at least one voice")
+    if not 1 <= count <= len(SENTENCES):
+        raise SyntheticDataError(f"count must be between 1 and {len(SENTENCES)}")
+    out = Path(out).resolve()
+    lines = []
+    for voice in voices:
+        folder = voice.replace("+", "_")
+        part = _speak_list(out / "wavs" / folder, folder, SENTENCES[:count], out / f"{folder}.list", exe, voice, voice)
+        lines += part.read_text("utf-8").splitlines()
+        part.unlink()
+    list_path = out / "data.list"
+    list_path.write_text("\n".join(lines) + "\n", "utf-8")
+    log.info("wrote %d utterances of %d voices to %s", len(lines), len(voices), out)
     return list_path
 
 

@@ -117,6 +117,25 @@ def test_synthetic_needs_espeak(monkeypatch, tmp_path):
         make_dataset(tmp_path, 2)
 
 
+def test_multi_voice_dataset_names_one_speaker_per_voice(tmp_path):
+    import shutil as sh
+
+    import soundfile as sf
+
+    from trainer.synthetic import PRETRAIN_VOICES, SENTENCES, make_multi_voice_dataset
+
+    if sh.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make setup installs it)")
+    assert "en-us" not in PRETRAIN_VOICES  # the demo's own speaker stays out of the base's data
+    path = make_multi_voice_dataset(tmp_path, ("en-gb+m3", "en-us+f3"), count=2)
+    rows = [line.split("|") for line in path.read_text().splitlines()]
+    assert [(r[1], r[3]) for r in rows] == [(v, t) for v in ("en-gb+m3", "en-us+f3") for t in SENTENCES[:2]]
+    names = [r[0].rsplit("/", 1)[-1] for r in rows]
+    assert len(set(names)) == 4  # file names are unique across voices (prepare keys items by them)
+    a, b = (sf.read(rows[i][0])[0] for i in (0, 2))  # one sentence, two voices: two different signals
+    assert a.size > 1000 and b.size > 1000 and (a.size != b.size or not (a == b).all())
+
+
 def test_gpt_prompt_pairs_put_another_utterance_of_the_speaker_in_front(tiny_exp):
     """--prompt-pairs: a share of the items is the inference layout (prompt ++ target) with another item
     of the same speaker; 0 leaves every item alone; the choice changes with the epoch."""

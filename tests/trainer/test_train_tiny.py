@@ -65,6 +65,29 @@ def test_sovits_warmup_steps_leave_the_discriminator_out(exp_copy, tmp_path):
     assert any(not torch.equal(d_two[k], d_three[k]) for k in d_two)
 
 
+def test_sovits_vocoder_steps_train_only_the_posterior_and_decoder(exp_copy, tiny_base):
+    from trainer.checkpointing import load_state
+    from trainer.run import train
+
+    r = train("sovits", exp_copy, tiny_cfg("sovits", max_steps=2, vocoder_steps=2, warmup_steps=1,
+                                           vocoder_segment_frames=24))
+    assert r.progress.global_step == 2 and [sorted(row) for row in r.train_log] == [
+        ["learning_rate", "loss/g/kl", "loss/g/mel", "loss/g/total", "step"]] * 2
+    before = tiny_base.sovits_state_dict()
+    after = _weights(exp_copy / "train/sovits/last.safetensors")
+    # (weight norm folded back after training moves untouched weights by rounding only)
+    changed = {k.split(".")[0] for k in before if not torch.allclose(before[k], after[k], rtol=1e-5, atol=1e-7)}
+    assert changed == {"dec", "enc_q", "ref_enc"}  # the text encoder, flow and frozen parts untouched
+    d_before = load_state(exp_copy / "train/sovits/state-last.pt")["models"]["d"]
+    r = train("sovits", exp_copy, tiny_cfg("sovits", max_steps=3, vocoder_steps=2, warmup_steps=1,
+                                           vocoder_segment_frames=24))  # resumes into the warm-up phase
+    after3 = _weights(exp_copy / "train/sovits/last.safetensors")
+    assert any(not torch.allclose(after[k], after3[k], rtol=1e-5, atol=1e-7)
+               for k in after if k.startswith(("enc_p.", "flow.")))
+    d_after = load_state(exp_copy / "train/sovits/state-last.pt")["models"]["d"]
+    assert all(torch.equal(d_before[k], d_after[k]) for k in d_before)  # no discriminator before the full steps
+
+
 def test_gpt_steps_change_weights_and_write_upstream_files(exp_copy, tiny_base):
     from gsv.checkpoint.upstream import load_gpt
     from trainer.run import train
