@@ -87,7 +87,7 @@ class SelfAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x: [B, T, D] -> q, k, v each [B, T, D] (heads not yet split, upstream's cache layout)."""
+        """x: [..., D] -> q, k, v each [..., D] (heads not yet split, upstream's cache layout)."""
         return F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
 
     def split_heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -121,10 +121,14 @@ class GPTLayer(nn.Module):
         """x: [B, S, D]; allowed: [B, 1, S, S] bool (True = may attend) or an additive float bias (0 / very negative).
         Returns (x, k, v), k/v [B, H, S, Dh] (the head-split cache layout)."""
         sa = self.self_attn
-        q, k, v = (sa.split_heads(t) for t in sa.qkv(x))
+        b, s, d = x.shape
+        # the projections run on [B*S, D]: on 2-D operands the exported graph has one Gemm with the bias
+        # inside instead of MatMul + a separate Add over every output (8% of a full-size prefill)
+        rows = x.reshape(b * s, d)
+        q, k, v = (sa.split_heads(t.view(b, s, d)) for t in sa.qkv(rows))  # [B, H, S, Dh] each
         p = self.dropout.p if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, allowed, dropout_p=p)
-        return self._post(x, sa.merge_heads(out)), k, v
+        return self._post(rows, sa.merge_heads(out).reshape(b * s, d)).view(b, s, d), k, v
 
     def forward_step(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, past_bias: torch.Tensor):
         """One new position per row attending to its cache and to itself.
