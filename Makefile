@@ -10,7 +10,7 @@ RESEMBLYZER := resemblyzer==0.1.4
 # model version of the demo's tiny base: v2, v2Pro or v2ProPlus (GSV_DEMO_VERSION=v2ProPlus make demo)
 GSV_DEMO_VERSION ?= v2
 
-.PHONY: setup sysdeps test test-fast demo demo-quality demo-base protos clean cpp-client gpu-check cluster cluster-status \
+.PHONY: setup sysdeps test test-fast demo demo-quality protos clean cpp-client gpu-check cluster cluster-status \
 	cluster-down k8s-render
 
 setup: $(STAMP) $(SYS_STAMP)
@@ -54,11 +54,6 @@ demo: setup
 QUALITY_CURVE ?= benchmarks/results/demo-quality-$(shell date +%Y-%m-%d).json
 demo-quality: setup
 	$(PY) scripts/demo.py --out out/demo-quality --version $(GSV_DEMO_VERSION) --minutes 45 --curve $(QUALITY_CURVE)
-
-# The demo's pre-trained tiny base (about an hour on 2 cores): other espeak-ng voices, the tiny v2
-# architecture, written to assets/demo-base/ (the repository ships the one this made; make demo uses it)
-demo-base: setup
-	$(PY) scripts/demo_base.py --out assets/demo-base
 
 # The GPU measurement (needs a CUDA machine; exits 2 at once without one):
 #   make gpu-check BUNDLE=bundles/v2 OUT=gpu-results

@@ -2,10 +2,8 @@
 """The demo (``make demo``): from nothing to a served, streamed, benchmarked voice on this machine.
 
 1. a synthetic English dataset spoken by espeak-ng (training sentences + held-out ones);
-2. a base model: upstream pretrained files placed in ``pretrained/`` (fine-tuning), otherwise the
-   tiny base pre-trained on other espeak-ng voices that ships in ``assets/demo-base/`` (fine-tuning;
-   ``make demo-base`` rebuilds it), otherwise (``--base scratch``, Pro versions) a tiny random
-   architecture trained from scratch;
+2. a base model: upstream pretrained files placed in ``pretrained/`` (fine-tuning), otherwise a small
+   random architecture trained from scratch (no pretrained weights can ship with the project);
 3. prepare, the untrained base's voice similarity, GPT + SoVITS training, then a bundle;
 4. ONNX export (verified), and an attempt at FP16 TensorRT engines (reported, not fatal, without a GPU);
 5. the gRPC server, a registered voice, one sentence streamed to ``out/demo.wav`` through the client;
@@ -80,14 +78,10 @@ def find_pretrained(root: Path) -> dict | None:
 
 # The from-scratch recipe of the demo (no pretrained base): how it was chosen is in the README
 # ("What the demo voice learns") and in benchmarks/results/*/demo_quality*.json.
-SCRATCH = {"arch": "tiny", "sentences": 60, "heldout": 4, "gpt_steps": 1000, "sovits_steps": 500,
-           "sovits_args": ["--lr", 2e-3, "--warmup-steps", 500], "gpt_args": ["--prompt-pairs", 0.5]}
-# Fine-tuning the pre-trained tiny base of assets/demo-base (scripts/demo_base.py, make demo-base): the
-# vocoder phase adapts the decoder to the new speaker, the warm-up steps bring the prior along
-DEMO_BASE = REPO / "assets" / "demo-base"
-FINETUNE = {"arch": "tiny", "sentences": 60, "heldout": 4, "gpt_steps": 600, "sovits_steps": 400,
-            "sovits_args": ["--lr", 1e-3, "--batch-size", 16, "--vocoder-steps", 150, "--warmup-steps", 100000],
-            "gpt_args": ["--prompt-pairs", 0.5]}
+SCRATCH = {"arch": "small", "sentences": 60, "heldout": 4, "gpt_steps": 1000, "sovits_steps": 380,
+           "sovits_args": ["--lr", 2e-3, "--batch-size", 16, "--vocoder-steps", 230, "--prior-steps", 150,
+                           "--warmup-steps", 100000, "--min-epoch-items", 400],
+           "gpt_args": ["--prompt-pairs", 0.5]}
 PRETRAINED_STEPS = 40  # full-size steps take seconds each on a CPU
 GOAL_SIMILARITY = 0.65  # the issue's goal for the default demo (pretrained speaker encoder)
 MAX_DIFFERENCE = 0.02  # INT8 vs FP32 and streamed vs whole-utterance decoding
@@ -119,9 +113,6 @@ def main(argv=None) -> int:
     ap.add_argument("--sentences", type=int, help="training sentences (default: the recipe's)")
     ap.add_argument("--version", default="v2", choices=("v2", "v2Pro", "v2ProPlus"),
                     help="model version of the tiny base trained from scratch (make demo: GSV_DEMO_VERSION)")
-    ap.add_argument("--base", default="auto", choices=("auto", "demo-base", "scratch"),
-                    help="auto: upstream files in --pretrained, else the pre-trained tiny base of assets/demo-base "
-                         "(v2), else a tiny base trained from scratch")
     args = ap.parse_args(argv)
     t_start = time.time()
     phases: dict[str, float] = {}
@@ -130,13 +121,9 @@ def main(argv=None) -> int:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    pre = find_pretrained(Path(args.pretrained)) if args.base == "auto" else None
-    demo_base = (not pre and args.base != "scratch" and args.version == "v2"
-                 and (DEMO_BASE / "manifest.json").is_file())
-    if args.base == "demo-base" and not demo_base:
-        raise SystemExit(f"demo.py: no v2 demo base in {DEMO_BASE} (make demo-base builds it)")
-    recipe = dict(FINETUNE if demo_base else SCRATCH)
-    base_kind = "pretrained" if pre else "demo-base" if demo_base else recipe["arch"]
+    pre = find_pretrained(Path(args.pretrained))
+    recipe = dict(SCRATCH)
+    base_kind = "pretrained" if pre else recipe["arch"]
     if args.sentences:
         recipe["sentences"] = args.sentences
 
@@ -153,11 +140,8 @@ def main(argv=None) -> int:
             if key in pre:
                 cmd += [f"--{key}", pre[key]]
         run(*cmd)
-        recipe.update(gpt_steps=PRETRAINED_STEPS, sovits_steps=PRETRAINED_STEPS, sovits_args=[])
-    elif demo_base:
-        log(f"2/7 base: the tiny base pre-trained on other espeak-ng voices ({DEMO_BASE.relative_to(REPO)}, "
-            "make demo-base), fine-tuned")
-        shutil.copytree(DEMO_BASE, work / "base", ignore=shutil.ignore_patterns("recipe.json"))
+        recipe.update(gpt_steps=PRETRAINED_STEPS, sovits_steps=PRETRAINED_STEPS, sovits_args=[],
+                      gpt_args=["--prompt-pairs", 0.5])
     else:
         log(f"2/7 base: no upstream weights in pretrained/, so a {recipe['arch']} {args.version} architecture is "
             "trained from scratch")
@@ -190,7 +174,10 @@ def main(argv=None) -> int:
         sovits += ["--max-steps", recipe["sovits_steps"], "--no-synth"]
     run(*sovits)
     phases["train_sovits"] = time.time() - t
-    run(tool("gsv-train"), "bundle", "--exp", work / "exp", "--out", work / "voice")
+    # the last weights: the phases of the recipe change what the validation loss weighs, so "best" by loss
+    # would pick an earlier phase (--minutes runs pick by similarity)
+    run(tool("gsv-train"), "bundle", "--exp", work / "exp", "--out", work / "voice",
+        "--which", "best" if args.minutes else "last")
 
     log("5/7 export: ONNX (verified against PyTorch), then FP16 TensorRT")
     t = time.time()

@@ -24,9 +24,7 @@ def test_demo_end_to_end(tmp_path, version):
                        capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    # v2 fine-tunes the shipped pre-trained tiny base; the Pro versions have none and start from scratch
-    shipped = version == "v2" and (REPO / "assets" / "demo-base" / "manifest.json").is_file()
-    assert summary["base"] == ("demo-base" if shipped else "tiny") and summary["model_version"] == version
+    assert summary["base"] == "small" and summary["model_version"] == version
     assert "tensorrt" in summary["tensorrt"].lower()  # no GPU here: the demo reports why no engine was built
     audio, sr = sf.read(tmp_path / "demo.wav")
     assert sr == 32000 and audio.size > 0

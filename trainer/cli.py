@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="write a random-weights base bundle", formatter_class=fmt)
     p.add_argument("--out", required=True)
-    p.add_argument("--arch", default="tiny", choices=("tiny", "v2"))
+    p.add_argument("--arch", default="tiny", choices=("tiny", "small", "v2"))
     p.add_argument("--version", default="v2", choices=("v2", "v2Pro", "v2ProPlus"),
                    help="model version: v2Pro/v2ProPlus add the speaker-verification conditioning")
     p.add_argument("--sv", help="Pro versions: upstream speaker-verification model (pretrained_eres2netv2w24s4ep4.ckpt) "
@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(bases trained from scratch: several times more audio per second for the decoder)")
     p.add_argument("--vocoder-segment-frames", type=int, default=64,
                    help="slice length of the vocoder steps in 50 Hz frames")
+    p.add_argument("--prior-steps", type=int, default=0,
+                   help="after the vocoder steps, steps that train only the text encoder and flow towards the "
+                        "posterior (KL loss; decoder and posterior frozen), before the warm-up steps")
     p.set_defaults(func=cmd_sovits)
 
     p = sub.add_parser("gpt", help="fine-tune the GPT", formatter_class=fmt)
@@ -185,7 +188,7 @@ def cmd_sovits(args) -> int:
     cfg = SoVITSTrainConfig(**kw, learning_rate=args.lr, text_low_lr_rate=args.text_low_lr_rate,
                             base_discriminator=args.base_d, segment_frames=args.segment_frames,
                             warmup_steps=args.warmup_steps, vocoder_steps=args.vocoder_steps,
-                            vocoder_segment_frames=args.vocoder_segment_frames,
+                            vocoder_segment_frames=args.vocoder_segment_frames, prior_steps=args.prior_steps,
                             discriminator=DiscriminatorConfig(channel_divisor=args.disc_divisor or 1))
     r = train("sovits", args.exp, cfg, args.base)
     _report(r)

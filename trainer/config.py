@@ -86,6 +86,10 @@ class SoVITSTrainConfig(CommonTrainConfig):
     # decoder on longer slices, mel + KL to a unit Gaussian): the cheapest way to teach a random decoder
     vocoder_steps: int = 0
     vocoder_segment_frames: int = 64
+    vocoder_c_kl: float = 0.1  # a unit Gaussian is no prior of speech: only a weak pull that bounds z
+    # then N steps of the prior phase: the text encoder and flow learn to meet that posterior (KL only),
+    # the decoder and posterior frozen; the warm-up and full steps follow
+    prior_steps: int = 0
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     base_discriminator: str | None = None  # upstream s2D*.pth to start the discriminator from
 

@@ -55,11 +55,14 @@ def presets() -> dict[str, ArchPreset]:
                                upsample_initial_channel=64, gin_channels=32, mrte_hidden=32, mrte_heads=2, ssl_dim=32,
                                resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1, 3),), p_dropout=0.1,
                                segment_size=16 * 640)
+    tiny_sv = SVConfig(m_channels=8, num_blocks=(1, 1, 2, 1), base_width=32, scale=2, expansion=2, embedding_size=16)
     return {
         "tiny": ArchPreset(tiny_gpt, tiny_sovits, hubert_layers=2, bert_layers=2, disc_channel_divisor=16,
-                           segment_frames=16,
-                           sv=SVConfig(m_channels=8, num_blocks=(1, 1, 2, 1), base_width=32, scale=2, expansion=2,
-                                       embedding_size=16)),
+                           segment_frames=16, sv=tiny_sv),
+        # tiny with a 4x wider decoder (1.0M instead of 75k parameters, 8 channels at 32 kHz instead of 2):
+        # per minute of CPU it learns to render a speaker several times faster (make demo's architecture)
+        "small": ArchPreset(tiny_gpt, replace(tiny_sovits, upsample_initial_channel=256), hubert_layers=2,
+                            bert_layers=2, disc_channel_divisor=16, segment_frames=16, sv=tiny_sv),
         "v2": ArchPreset(GPTConfig(), SoVITSConfig(), hubert_layers=1, bert_layers=2, disc_channel_divisor=1,
                          segment_frames=32),
     }

@@ -81,3 +81,20 @@ def test_weight_norm_switch_folds_back_exactly():
     load_unfolded(m, up)
     torch.testing.assert_close(m[0].parametrizations.weight.original1, up["0.weight_v"])
     torch.testing.assert_close(folded_state_dict(m)["0.weight"], plain["0.weight"])
+
+
+def test_dc_offset_loss_sees_the_offset_the_mel_loss_misses():
+    import math
+
+    from gsv.audio import spec_to_mel, spectrogram
+    from trainer.losses import dc_offset_loss
+
+    t = torch.arange(32000) / 32000
+    speech = (0.03 * torch.sin(2 * math.pi * 220 * t)).view(1, 1, -1)
+    shifted = speech + 0.05
+    assert float(dc_offset_loss(speech, speech)) == 0.0
+    assert abs(float(dc_offset_loss(shifted, speech)) - 0.05) < 1e-6
+    # the log-mel L1 of the same pair moves in at most the two lowest of 128 bands
+    mel = lambda x: spec_to_mel(spectrogram(x[:, 0], 2048, 640, 2048), 32000, 128)  # noqa: E731
+    per_band = (mel(shifted) - mel(speech)).abs().mean(dim=(0, 2))
+    assert int((per_band > 0.05).sum()) <= 2

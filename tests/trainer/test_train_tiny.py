@@ -55,8 +55,8 @@ def test_sovits_warmup_steps_leave_the_discriminator_out(exp_copy, tmp_path):
     shutil.copytree(exp_copy, other)
     train("sovits", other, tiny_cfg("sovits", max_steps=1, warmup_steps=2))
     r = train("sovits", exp_copy, tiny_cfg("sovits", max_steps=2, warmup_steps=2))
-    assert [sorted(row) for row in r.train_log] == [["learning_rate", "loss/g/kl", "loss/g/mel", "loss/g/total",
-                                                     "step"]] * 2
+    assert [sorted(row) for row in r.train_log] == [["learning_rate", "loss/g/dc", "loss/g/kl", "loss/g/mel",
+                                                     "loss/g/total", "step"]] * 2
     d_one, d_two = (load_state(e / "train/sovits/state-last.pt")["models"]["d"] for e in (other, exp_copy))
     assert all(torch.equal(d_one[k], d_two[k]) for k in d_one)  # warm-up steps never touch the discriminator
     r = train("sovits", exp_copy, tiny_cfg("sovits", max_steps=3, warmup_steps=2))  # resumes: one full step
@@ -65,27 +65,33 @@ def test_sovits_warmup_steps_leave_the_discriminator_out(exp_copy, tmp_path):
     assert any(not torch.equal(d_two[k], d_three[k]) for k in d_two)
 
 
-def test_sovits_vocoder_steps_train_only_the_posterior_and_decoder(exp_copy, tiny_base):
+def test_sovits_vocoder_then_prior_steps_train_their_parts_only(exp_copy, tiny_base):
     from trainer.checkpointing import load_state
     from trainer.run import train
 
-    r = train("sovits", exp_copy, tiny_cfg("sovits", max_steps=2, vocoder_steps=2, warmup_steps=1,
-                                           vocoder_segment_frames=24))
+    def cfg(steps):
+        return tiny_cfg("sovits", max_steps=steps, vocoder_steps=2, prior_steps=1, warmup_steps=1,
+                        vocoder_segment_frames=24)
+
+    def changed(a, b):  # (weight norm folded back after training moves untouched weights by rounding only)
+        return {k.split(".")[0] for k in a if not torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7)}
+
+    r = train("sovits", exp_copy, cfg(2))
     assert r.progress.global_step == 2 and [sorted(row) for row in r.train_log] == [
-        ["learning_rate", "loss/g/kl", "loss/g/mel", "loss/g/total", "step"]] * 2
+        ["learning_rate", "loss/g/dc", "loss/g/kl", "loss/g/mel", "loss/g/total", "step"]] * 2
     before = tiny_base.sovits_state_dict()
-    after = _weights(exp_copy / "train/sovits/last.safetensors")
-    # (weight norm folded back after training moves untouched weights by rounding only)
-    changed = {k.split(".")[0] for k in before if not torch.allclose(before[k], after[k], rtol=1e-5, atol=1e-7)}
-    assert changed == {"dec", "enc_q", "ref_enc"}  # the text encoder, flow and frozen parts untouched
+    after_vocoder = _weights(exp_copy / "train/sovits/last.safetensors")
+    assert changed(before, after_vocoder) == {"dec", "enc_q", "ref_enc"}  # text encoder, flow, frozen parts: untouched
     d_before = load_state(exp_copy / "train/sovits/state-last.pt")["models"]["d"]
-    r = train("sovits", exp_copy, tiny_cfg("sovits", max_steps=3, vocoder_steps=2, warmup_steps=1,
-                                           vocoder_segment_frames=24))  # resumes into the warm-up phase
-    after3 = _weights(exp_copy / "train/sovits/last.safetensors")
-    assert any(not torch.allclose(after[k], after3[k], rtol=1e-5, atol=1e-7)
-               for k in after if k.startswith(("enc_p.", "flow.")))
+    r = train("sovits", exp_copy, cfg(3))  # resumes into the prior phase: KL only, the posterior side frozen
+    assert sorted(r.train_log[-1]) == ["learning_rate", "loss/g/kl", "step"]
+    after_prior = _weights(exp_copy / "train/sovits/last.safetensors")
+    assert changed(after_vocoder, after_prior) == {"enc_p", "flow"}
+    r = train("sovits", exp_copy, cfg(4))  # the warm-up step trains everything but the discriminator
+    after_warmup = _weights(exp_copy / "train/sovits/last.safetensors")
+    assert {"dec", "enc_q", "enc_p", "flow"} <= changed(after_prior, after_warmup)
     d_after = load_state(exp_copy / "train/sovits/state-last.pt")["models"]["d"]
-    assert all(torch.equal(d_before[k], d_after[k]) for k in d_before)  # no discriminator before the full steps
+    assert all(torch.equal(d_before[k], d_after[k]) for k in d_before)
 
 
 def test_gpt_steps_change_weights_and_write_upstream_files(exp_copy, tiny_base):
