@@ -217,17 +217,8 @@ class SoVITSStage(Stage):
         y_hat_mel = spec_to_mel(spectrogram(y_hat.squeeze(1).float(), a.filter_length, a.hop_length, a.win_length),
                                 a.sampling_rate, a.n_mel_channels)
         y = slice_segments(wav.to(y_hat.dtype), ids * a.hop_length, seg * a.hop_length)
-        loss_mel = F.l1_loss(y_mel, y_hat_mel) * self.cfg.c_mel
-        loss_kl = losses.kl_loss(*kl_terms) * self.cfg.vocoder_c_kl
-        loss_dc = losses.dc_offset_loss(y_hat, y) * self.cfg.c_mel
-        loss_g = loss_mel + loss_kl + loss_dc
-        self.opt_g.zero_grad(set_to_none=True)  # parameters outside the path keep no gradient: AdamW skips them
-        self.scaler.scale(loss_g).backward()
-        self.scaler.unscale_(self.opt_g)
-        self.scaler.step(self.opt_g)
-        self.scaler.update()
-        out = {"loss/g/total": loss_g, "loss/g/mel": loss_mel, "loss/g/kl": loss_kl, "loss/g/dc": loss_dc}
-        return {k: v.detach().item() for k, v in out.items()} | {"learning_rate": self.opt_g.param_groups[0]["lr"]}
+        return self._step_generator(self._reconstruction_terms(y, y_hat, y_mel, y_hat_mel, kl_terms,
+                                                               self.cfg.vocoder_c_kl))
 
     def prior_step(self, batch) -> dict[str, float]:
         """A prior-phase step (after the vocoder phase): the text encoder and flow learn to meet the
@@ -239,29 +230,30 @@ class SoVITSStage(Stage):
         with self._autocast():
             _, kl_terms = self.g_ddp(ssl, spec, spec_lengths, phones, phone_lengths,
                                      sv if self.arch.is_pro else None, prior_only=True)
-        loss_kl = losses.kl_loss(*kl_terms) * self.cfg.c_kl
-        self.opt_g.zero_grad(set_to_none=True)
-        self.scaler.scale(loss_kl).backward()
-        self.scaler.unscale_(self.opt_g)
-        self.scaler.step(self.opt_g)
-        self.scaler.update()
-        return {"loss/g/kl": loss_kl.detach().item(), "learning_rate": self.opt_g.param_groups[0]["lr"]}
+        return self._step_generator({"kl": losses.kl_loss(*kl_terms) * self.cfg.c_kl})
 
     def warmup_step(self, batch) -> dict[str, float]:
         """A warm-up step (bases trained from scratch): the generator on the mel + KL losses only,
         no discriminator (about 60% of a full step's time); a random decoder first has to learn to
         make speech-like spectra at all, which the adversarial game only slows down."""
         y, y_hat, y_mel, y_hat_mel, kl_terms = self._forward(batch, self.g_ddp)
-        loss_mel = F.l1_loss(y_mel, y_hat_mel) * self.cfg.c_mel
-        loss_kl = losses.kl_loss(*kl_terms) * self.cfg.c_kl
-        loss_dc = losses.dc_offset_loss(y_hat, y) * self.cfg.c_mel
-        loss_g = loss_mel + loss_kl + loss_dc
+        return self._step_generator(self._reconstruction_terms(y, y_hat, y_mel, y_hat_mel, kl_terms, self.cfg.c_kl))
+
+    def _reconstruction_terms(self, y, y_hat, y_mel, y_hat_mel, kl_terms, c_kl: float) -> dict[str, torch.Tensor]:
+        """The losses of the steps without discriminator: mel, KL (weight ``c_kl``) and the DC offset."""
+        return {"mel": F.l1_loss(y_mel, y_hat_mel) * self.cfg.c_mel, "kl": losses.kl_loss(*kl_terms) * c_kl,
+                "dc": losses.dc_offset_loss(y_hat, y) * self.cfg.c_mel}
+
+    def _step_generator(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One generator update on the sum of ``terms``; returns the logged scalars.  Parameters outside
+        the step's path keep no gradient (set to None), which AdamW skips."""
+        loss_g = sum(terms.values())
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()
         self.scaler.unscale_(self.opt_g)
         self.scaler.step(self.opt_g)
         self.scaler.update()
-        out = {"loss/g/total": loss_g, "loss/g/mel": loss_mel, "loss/g/kl": loss_kl, "loss/g/dc": loss_dc}
+        out = {"loss/g/total": loss_g, **{f"loss/g/{k}": v for k, v in terms.items()}}
         return {k: v.detach().item() for k, v in out.items()} | {"learning_rate": self.opt_g.param_groups[0]["lr"]}
 
     def train_step(self, micro_batches, step: int) -> dict[str, float]:

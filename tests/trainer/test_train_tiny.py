@@ -84,7 +84,7 @@ def test_sovits_vocoder_then_prior_steps_train_their_parts_only(exp_copy, tiny_b
     assert changed(before, after_vocoder) == {"dec", "enc_q", "ref_enc"}  # text encoder, flow, frozen parts: untouched
     d_before = load_state(exp_copy / "train/sovits/state-last.pt")["models"]["d"]
     r = train("sovits", exp_copy, cfg(3))  # resumes into the prior phase: KL only, the posterior side frozen
-    assert sorted(r.train_log[-1]) == ["learning_rate", "loss/g/kl", "step"]
+    assert sorted(r.train_log[-1]) == ["learning_rate", "loss/g/kl", "loss/g/total", "step"]
     after_prior = _weights(exp_copy / "train/sovits/last.safetensors")
     assert changed(after_vocoder, after_prior) == {"enc_p", "flow"}
     r = train("sovits", exp_copy, cfg(4))  # the warm-up step trains everything but the discriminator
