@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", type=int, default=0, help="held-out sentences (OUT/heldout.list, OUT/heldout.txt)")
     p.add_argument("--voice", default="en-us")
     p.add_argument("--voices", help="comma-separated espeak-ng voices, one speaker each (multi-speaker data; "
-                                    "'pretrain': the demo base's voices); replaces --voice and --heldout")
+                                    "'pretrain': trainer.synthetic.PRETRAIN_VOICES, without the demo's own voice); replaces --voice "
+                                    "and --heldout")
     p.set_defaults(func=cmd_synthetic)
 
     p = sub.add_parser("init", help="write a random-weights base bundle", formatter_class=fmt)

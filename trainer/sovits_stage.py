@@ -56,7 +56,8 @@ class SoVITSForTraining(nn.Module):
         speaker-verification embeddings sv [B, sv_dim] -> y_hat [B, 1, seg * hop], slice starts [B],
         mask [B, 1, L] and the KL terms (z_p, m_p, logs_p, logs_q), each [B, C, L].
         ``vocoder_frames``: the vocoder phase (:meth:`posterior_and_decoder`); ``prior_only``: the prior
-        phase, only the KL terms (and mask), the posterior and speaker embedding frozen, no decoder.
+        phase, only the KL terms (z_p, logs_q, m_p, logs_p, mask), the posterior and speaker embedding
+        frozen, no decoder.
         (Both through forward, so that DDP synchronises the gradients.)"""
         if vocoder_frames is not None:
             return self.posterior_and_decoder(spec, spec_lengths, vocoder_frames, sv)
@@ -76,7 +77,7 @@ class SoVITSForTraining(nn.Module):
             z, m_q, logs_q, y_mask = net.enc_q(spec, spec_lengths, g=ge)
         z_p = net.flow(z, y_mask, g=ge)
         if prior_only:
-            return y_mask, (z_p, logs_q, m_p, logs_p, y_mask)
+            return z_p, logs_q, m_p, logs_p, y_mask
         z_slice, ids = rand_slice_segments(z, spec_lengths, self.segment_frames)
         y_hat = net.dec(z_slice, g=ge)
         return y_hat, ids, y_mask, (z_p, m_p, logs_p, logs_q)
@@ -180,22 +181,31 @@ class SoVITSStage(Stage):
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
 
-    def _forward(self, batch, g):
+    def _batch(self, batch):
+        """The collated batch on the device; a Pro base needs the utterances' speaker-verification embeddings."""
         ssl, spec, spec_lengths, wav, _, phones, phone_lengths, sv = (
             t.to(self.device) if t is not None else None for t in batch)
         if self.arch.is_pro and sv is None:
             raise ExperimentError("this base is a Pro model but the experiment has no speaker-verification "
                                   "embeddings: rerun 'gsv-train prepare' with this base")
-        hop = self.arch.hop_length
-        with self._autocast():
-            y_hat, ids, z_mask, (z_p, m_p, logs_p, logs_q) = g(ssl, spec, spec_lengths, phones, phone_lengths,
-                                                               sv if self.arch.is_pro else None)
+        return ssl, spec, spec_lengths, wav, phones, phone_lengths, sv if self.arch.is_pro else None
+
+    def _sliced_targets(self, spec, wav, ids, seg: int, y_hat):
+        """The real audio and log-mels of the slices the decoder rendered, and the log-mels of y_hat
+        -> (y, y_mel, y_hat_mel); log-mels in fp32 outside autocast (upstream computes them inside;
+        stft has no fp16 path on CPU)."""
         a = self.arch
-        # log-mels in fp32 outside autocast (upstream computes them inside; stft has no fp16 path on CPU)
-        y_mel = slice_segments(spec_to_mel(spec, a.sampling_rate, a.n_mel_channels), ids, self.segment_frames)
+        y_mel = slice_segments(spec_to_mel(spec, a.sampling_rate, a.n_mel_channels), ids, seg)
         y_hat_spec = spectrogram(y_hat.squeeze(1).float(), a.filter_length, a.hop_length, a.win_length)
         y_hat_mel = spec_to_mel(y_hat_spec, a.sampling_rate, a.n_mel_channels)
-        y = slice_segments(wav, ids * hop, self.segment_frames * hop)
+        y = slice_segments(wav, ids * a.hop_length, seg * a.hop_length)
+        return y, y_mel, y_hat_mel
+
+    def _forward(self, batch, g):
+        ssl, spec, spec_lengths, wav, phones, phone_lengths, sv = self._batch(batch)
+        with self._autocast():
+            y_hat, ids, z_mask, (z_p, m_p, logs_p, logs_q) = g(ssl, spec, spec_lengths, phones, phone_lengths, sv)
+        y, y_mel, y_hat_mel = self._sliced_targets(spec, wav, ids, self.segment_frames, y_hat)
         return y, y_hat, y_mel, y_hat_mel, (z_p, logs_q, m_p, logs_p, z_mask)
 
     def vocoder_step(self, batch) -> dict[str, float]:
@@ -206,17 +216,11 @@ class SoVITSStage(Stage):
         a mean spread of 0.40 -- and the decoder learns to ignore z).  A random decoder learns to
         render spectra from the data it sees; this step skips the text encoder, flow and discriminator,
         so the same seconds show the decoder several times more audio than a full step."""
-        ssl, spec, spec_lengths, wav, _, phones, phone_lengths, sv = (
-            t.to(self.device) if t is not None else None for t in batch)
-        a = self.arch
+        ssl, spec, spec_lengths, wav, phones, phone_lengths, sv = self._batch(batch)
         with self._autocast():
-            y_hat, ids, seg, kl_terms = self.g_ddp(ssl, spec, spec_lengths, phones, phone_lengths,
-                                                   sv if a.is_pro else None,
+            y_hat, ids, seg, kl_terms = self.g_ddp(ssl, spec, spec_lengths, phones, phone_lengths, sv,
                                                    vocoder_frames=self.cfg.vocoder_segment_frames)
-        y_mel = slice_segments(spec_to_mel(spec, a.sampling_rate, a.n_mel_channels), ids, seg)
-        y_hat_mel = spec_to_mel(spectrogram(y_hat.squeeze(1).float(), a.filter_length, a.hop_length, a.win_length),
-                                a.sampling_rate, a.n_mel_channels)
-        y = slice_segments(wav.to(y_hat.dtype), ids * a.hop_length, seg * a.hop_length)
+        y, y_mel, y_hat_mel = self._sliced_targets(spec, wav, ids, seg, y_hat)
         return self._step_generator(self._reconstruction_terms(y, y_hat, y_mel, y_hat_mel, kl_terms,
                                                                self.cfg.vocoder_c_kl))
 
@@ -225,11 +229,9 @@ class SoVITSStage(Stage):
         posterior the vocoder phase trained (KL loss only); the posterior, speaker encoder and decoder
         stay as they are, so the prior cannot pull the decoder's latent away from what it renders, and
         the step skips the decoder entirely (a fraction of a full step's time)."""
-        ssl, spec, spec_lengths, wav, _, phones, phone_lengths, sv = (
-            t.to(self.device) if t is not None else None for t in batch)
+        ssl, spec, spec_lengths, _, phones, phone_lengths, sv = self._batch(batch)
         with self._autocast():
-            _, kl_terms = self.g_ddp(ssl, spec, spec_lengths, phones, phone_lengths,
-                                     sv if self.arch.is_pro else None, prior_only=True)
+            kl_terms = self.g_ddp(ssl, spec, spec_lengths, phones, phone_lengths, sv, prior_only=True)
         return self._step_generator({"kl": losses.kl_loss(*kl_terms) * self.cfg.c_kl})
 
     def warmup_step(self, batch) -> dict[str, float]:

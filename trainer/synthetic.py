@@ -94,9 +94,9 @@ HELDOUT_SENTENCES = (
 )
 
 
-# Voices of the demo base's pre-training (scripts/demo_base.py): accents and voice variants of espeak-ng,
-# none of them the demo's own speaker ("en-us" without a variant), so that fine-tuning still has to move
-# the base towards that speaker
+# Voices for multi-speaker pre-training (gsv-train synthetic --voices pretrain): accents and voice variants of
+# espeak-ng, none of them the demo's own speaker ("en-us" without a variant), so that fine-tuning a base
+# pre-trained on them still has to move it towards that speaker
 PRETRAIN_VOICES = ("en-gb+m3", "en-gb-scotland+f2", "en-gb-x-rp+m5", "en-029+f4", "en-gb-x-gbclan+m1",
                    "en-gb-x-gbcwmd+f1", "en-us+m4", "en-us+f3")
 
@@ -133,14 +133,14 @@ def make_dataset(out: str | Path, count: int = 16, voice: str = "en-us", speaker
     """Speak ``count`` sentences (and ``heldout`` held-out ones) into ``out``; returns the path of
     the training ``.list`` file."""
     exe = find_espeak()
-    if not 1 <= count <= len(SENTENCES):
-        raise SyntheticDataError(f"count must be between 1 and {len(SENTENCES)}")
+    _check_count(count)
     if not 0 <= heldout <= len(HELDOUT_SENTENCES):
         raise SyntheticDataError(f"heldout must be between 0 and {len(HELDOUT_SENTENCES)}")
     out = Path(out).resolve()
-    list_path = _speak_list(out / "wavs", "utt", SENTENCES[:count], out / "data.list", exe, voice, speaker)
+    list_path = _write_list(out / "data.list", _speak_all(out / "wavs", "utt", SENTENCES[:count], exe, voice, speaker))
     if heldout:
-        _speak_list(out / "heldout", "held", HELDOUT_SENTENCES[:heldout], out / "heldout.list", exe, voice, speaker)
+        _write_list(out / "heldout.list",
+                    _speak_all(out / "heldout", "held", HELDOUT_SENTENCES[:heldout], exe, voice, speaker))
         (out / "heldout.txt").write_text("\n".join(HELDOUT_SENTENCES[:heldout]) + "\n", "utf-8")
     log.info("wrote %d utterances (%d held out) to %s", count, heldout, out)
     return list_path
@@ -152,22 +152,28 @@ def make_multi_voice_dataset(out: str | Path, voices=PRETRAIN_VOICES, count: int
     exe = find_espeak()
     if not voices:
         raise SyntheticDataError("give at least one voice")
-    if not 1 <= count <= len(SENTENCES):
-        raise SyntheticDataError(f"count must be between 1 and {len(SENTENCES)}")
+    _check_count(count)
     out = Path(out).resolve()
     lines = []
     for voice in voices:
-        folder = voice.replace("+", "_")
-        part = _speak_list(out / "wavs" / folder, folder, SENTENCES[:count], out / f"{folder}.list", exe, voice, voice)
-        lines += part.read_text("utf-8").splitlines()
-        part.unlink()
-    list_path = out / "data.list"
-    list_path.write_text("\n".join(lines) + "\n", "utf-8")
+        folder = voice.replace("+", "_")  # also the files' prefix: prepare keys items by file name
+        lines += _speak_all(out / "wavs" / folder, folder, SENTENCES[:count], exe, voice, voice)
     log.info("wrote %d utterances of %d voices to %s", len(lines), len(voices), out)
-    return list_path
+    return _write_list(out / "data.list", lines)
 
 
-def _speak_list(wavs: Path, prefix: str, sentences, list_path: Path, exe: str, voice: str, speaker: str) -> Path:
+def _check_count(count: int) -> None:
+    if not 1 <= count <= len(SENTENCES):
+        raise SyntheticDataError(f"count must be between 1 and {len(SENTENCES)}")
+
+
+def _write_list(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    return path
+
+
+def _speak_all(wavs: Path, prefix: str, sentences, exe: str, voice: str, speaker: str) -> list[str]:
+    """Speak each sentence into ``wavs/<prefix>_NN.wav`` (files already there are kept) -> the .list lines."""
     wavs.mkdir(parents=True, exist_ok=True)
     lines = []
     for i, text in enumerate(sentences):
@@ -176,5 +182,4 @@ def _speak_list(wavs: Path, prefix: str, sentences, list_path: Path, exe: str, v
             # a little variation in rate and pitch, as a real speaker has from take to take
             speak(text, path, exe, voice, speed=140 + 5 * (i % 4), pitch=45 + 3 * (i % 5))
         lines.append(f"{path}|{speaker}|en|{text}")
-    list_path.write_text("\n".join(lines) + "\n", "utf-8")
-    return list_path
+    return lines
