@@ -77,11 +77,22 @@ def find_pretrained(root: Path) -> dict | None:
 
 
 # The from-scratch recipe of the demo (no pretrained base): how it was chosen is in the README
-# ("What the demo voice learns") and in benchmarks/results/*/demo_quality*.json.
-SCRATCH = {"arch": "small", "sentences": 60, "heldout": 4, "gpt_steps": 1000, "sovits_steps": 380,
-           "sovits_args": ["--lr", 2e-3, "--batch-size", 16, "--vocoder-steps", 230, "--prior-steps", 150,
-                           "--warmup-steps", 100000, "--min-epoch-items", 400],
-           "gpt_args": ["--prompt-pairs", 0.5]}
+# ("What the demo voice learns") and in benchmarks/results/*/demo_*report.json.  The vocoder phase is sized to
+# the 15-minute budget: where training runs under bf16 autocast (trainer.precision: CPUs that multiply bf16
+# natively) its steps take about 0.75x the time, so 100 more of them fit.
+VOCODER_STEPS = {"bf16": 330, "fp32": 230}
+PRIOR_STEPS = 150
+
+
+def scratch_recipe(native_bf16: bool) -> dict:
+    vocoder = VOCODER_STEPS["bf16" if native_bf16 else "fp32"]
+    return {"arch": "small", "sentences": 60, "heldout": 4, "gpt_steps": 1000,
+            "sovits_steps": vocoder + PRIOR_STEPS, "precision": "bf16" if native_bf16 else "fp32",
+            "sovits_args": ["--lr", 2e-3, "--batch-size", 16, "--vocoder-steps", vocoder, "--prior-steps",
+                            PRIOR_STEPS, "--warmup-steps", 100000, "--min-epoch-items", 400],
+            "gpt_args": ["--prompt-pairs", 0.5]}
+
+
 PRETRAINED_STEPS = 40  # full-size steps take seconds each on a CPU
 GOAL_SIMILARITY = 0.65  # the goal for the default demo (pretrained speaker encoder)
 MAX_DIFFERENCE = 0.02  # INT8 vs FP32 and streamed vs whole-utterance decoding
@@ -122,7 +133,9 @@ def main(argv=None) -> int:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     pre = find_pretrained(Path(args.pretrained))
-    recipe = dict(SCRATCH)
+    from trainer.precision import cpu_has_native_bf16
+
+    recipe = scratch_recipe(cpu_has_native_bf16())  # what --cpu-precision auto trains in
     base_kind = "pretrained" if pre else recipe["arch"]
     if args.sentences:
         recipe["sentences"] = args.sentences
@@ -226,7 +239,8 @@ def main(argv=None) -> int:
     training = {"base": base_kind, "gpt_steps": recipe["gpt_steps"],
                 "sovits_steps": trained_steps(work / "exp", "sovits"),
                 "sovits_args": [str(a) for a in recipe["sovits_args"]],
-                "minutes_budget": args.minutes, "sentences": recipe["sentences"]}
+                "minutes_budget": args.minutes, "sentences": recipe["sentences"],
+                "cpu_precision": recipe["precision"]}
     quality = write_quality(out, work, training, minutes, phases)
     if args.minutes:
         write_curve(work, quality, phases["train_gpt"] / 60, sovits_start, args.curve)

@@ -41,6 +41,7 @@ def test_demo_end_to_end(tmp_path, version):
     assert len(q["trained"]["sentences"]) == 4 and abs(q["int8_vs_fp32"]) <= 2 and abs(q["stream_vs_whole"]) <= 2
     assert set(q["met"]) == {"trained_min", "above_untrained_base", "int8_vs_fp32", "stream_vs_whole"}
     assert q["training"]["gpt_steps"] == 10 and q["training"]["sovits_steps"] == 10
+    assert q["training"]["cpu_precision"] in ("bf16", "fp32")
     # where the speaker is lost (the demo's bundle has the posterior encoder and a HuBERT: every stage runs)
     st = q["stages"]
     assert -1.0 <= st["reconstruction"]["speaker_similarity"] <= 1.0 and "0-100" in st["spectrum_db"]
@@ -48,3 +49,26 @@ def test_demo_end_to_end(tmp_path, version):
     import matplotlib.image
 
     assert matplotlib.image.imread(str(tmp_path / "bench.png")).shape[1] > 1800  # 3 serving panels + the voice
+
+def _demo_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gsv_demo_script", REPO / "scripts" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scratch_recipe_gives_bf16_machines_the_vocoder_steps_their_faster_steps_buy():
+    demo = _demo_module()
+    bf16, fp32 = demo.scratch_recipe(True), demo.scratch_recipe(False)
+
+    def flag(recipe, name):
+        args = recipe["sovits_args"]
+        return args[args.index(name) + 1]
+
+    assert flag(bf16, "--vocoder-steps") > flag(fp32, "--vocoder-steps")
+    assert flag(bf16, "--prior-steps") == flag(fp32, "--prior-steps")
+    for recipe in (bf16, fp32):  # the steps the stage runs are exactly its phases
+        assert recipe["sovits_steps"] == flag(recipe, "--vocoder-steps") + flag(recipe, "--prior-steps")
+    assert (bf16["precision"], fp32["precision"]) == ("bf16", "fp32")

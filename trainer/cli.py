@@ -40,6 +40,9 @@ def _common_train_args(p: argparse.ArgumentParser, epochs_default: int) -> None:
     p.add_argument("--restart", action="store_true", help="ignore a saved training state and start over")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-fp16", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--cpu-precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="CPU training precision: auto = bf16 autocast where the CPU multiplies bf16 natively "
+                   "(AMX/AVX512-BF16), fp32 elsewhere")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--no-synth", action="store_true", help="no validation synthesis / speaker similarity")
     p.add_argument("--synth-text", action="append",
@@ -59,7 +62,7 @@ def _common_cfg(args) -> dict:
               val_fraction=args.val_fraction, patience=args.patience, early_stop_on=args.early_stop_on,
               min_epoch_items=args.min_epoch_items, save_every_steps=args.save_every_steps,
               save_every_epoch=args.save_every_epoch, log_every=args.log_every, resume=not args.restart,
-              device=args.device, fp16=not args.no_fp16, num_workers=args.num_workers, synth=not args.no_synth,
+              device=args.device, fp16=not args.no_fp16, cpu_precision=args.cpu_precision, num_workers=args.num_workers, synth=not args.no_synth,
               synth_text=args.synth_text or CommonTrainConfig.synth_text, synth_lang=args.synth_lang,
               synth_max_tokens=args.synth_max_tokens, speaker_model=args.speaker_model,
               name=args.name, threads=args.threads)

@@ -18,6 +18,7 @@ from gsv import constants as C
 from trainer import losses
 from trainer.loop import Progress, Stage
 from trainer.optim import ScaledAdam, gpt_lr
+from trainer.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,8 @@ class GPTStage(Stage):
         self.grad_accum = max(1, int(cfg.grad_accum))
         self.opt = ScaledAdam(self.model.parameters(), lr=gpt_lr(0, cfg.lr, cfg.first_step_lr), betas=tuple(cfg.betas),
                               clipping_scale=cfg.clipping_scale, clipping_update_period=cfg.clipping_update_period)
-        self.amp = bool(cfg.fp16) and device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and self.amp_dtype == torch.float16)
+        self.precision = resolve_precision(device, cfg.fp16, cfg.cpu_precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.needs_grad_scaler)
         self.ddp = _TeacherForced(self.model)
         if dist.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -88,7 +88,7 @@ class GPTStage(Stage):
 
     def _loss(self, model, batch, dpo: bool):
         b = {k: v.to(self.device) for k, v in batch.items()}
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+        with self.precision.autocast():
             logits, targets = model(b["phones"], b["phone_lens"], b["semantic"], b["semantic_lens"], b["bert"])
         ce = losses.gpt_cross_entropy(logits, targets)
         hits, count = losses.top_k_accuracy(logits.detach(), targets, self.arch.eos, k=3)
@@ -96,7 +96,7 @@ class GPTStage(Stage):
         extra = {}
         if dpo:
             reject, reject_lens = losses.make_reject_tokens(b["semantic"])
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            with self.precision.autocast():
                 r_logits, r_targets = model(b["phones"], b["phone_lens"], reject, reject_lens, b["bert"])
             d = losses.dpo_loss(losses.sequence_logps(logits, targets), losses.sequence_logps(r_logits, r_targets),
                                 self.cfg.dpo_beta)

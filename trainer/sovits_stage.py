@@ -23,6 +23,7 @@ from gsv.models.sovits.flow import sequence_mask
 from trainer import losses
 from trainer.data import ExperimentError
 from trainer.loop import Progress, Stage
+from trainer.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,8 @@ class SoVITSStage(Stage):
         self.opt_g = torch.optim.AdamW(groups, cfg.learning_rate, **kw)
         self.opt_d = torch.optim.AdamW(self.d.parameters(), cfg.learning_rate, **kw)
         self.group_lr = [g["lr"] for g in self.opt_g.param_groups]
-        self.amp = bool(cfg.fp16) and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
+        self.precision = resolve_precision(device, cfg.fp16, cfg.cpu_precision, cuda_bf16=False)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.needs_grad_scaler)
         self.g_ddp, self.d_ddp = self.g, self.d
         if dist.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -179,7 +180,7 @@ class SoVITSStage(Stage):
             group["lr"] = sovits_lr(self.cfg.learning_rate, self.cfg.lr_decay, epoch)
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
+        return self.precision.autocast()
 
     def _batch(self, batch):
         """The collated batch on the device; a Pro base needs the utterances' speaker-verification embeddings."""

@@ -96,7 +96,9 @@ def tiny_cfg(stage: str, **kw):
     """Small, fast training configs for tests (no data replication, one thread-friendly batch)."""
     from trainer.config import GPTTrainConfig, SoVITSTrainConfig
 
-    base = dict(epochs=1, batch_size=4, min_epoch_items=0, synth=False, log_every=1, patience=0, device="cpu")
+    # fp32 whatever the CPU: numbers stay comparable across machines (bf16 is tested on its own)
+    base = dict(epochs=1, batch_size=4, min_epoch_items=0, synth=False, log_every=1, patience=0, device="cpu",
+                cpu_precision="fp32")
     base.update(kw)
     if stage == "gpt":
         base.setdefault("grad_accum", 1)
