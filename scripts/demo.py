@@ -99,10 +99,10 @@ MAX_DIFFERENCE = 0.02  # INT8 vs FP32 and streamed vs whole-utterance decoding
 
 
 def make_reference(data: Path, out: Path) -> tuple[Path, str]:
-    """Join synthetic utterances into one 3-10 s reference (the server refuses shorter ones)."""
-    from benchmarks.quality import join_reference, load_utterances
+    """One 3-9 s reference from the synthetic utterances (the server refuses shorter than 3 s)."""
+    from benchmarks.quality import load_utterances, reference_clip
 
-    path, text, _lang = join_reference(load_utterances([str(data / "data.list")]), out)
+    path, text, _lang = reference_clip(load_utterances([str(data / "data.list")]), out)
     return path, text
 
 

@@ -131,3 +131,23 @@ def test_band_power_ratio_measures_known_gains():
     spectrum[np.fft.rfftfreq(x.size, 1 / 32000) >= 3000] = 0  # a low-pass: the bands above 3 kHz lose everything
     r = band_power_ratio_db(np.fft.irfft(spectrum, x.size), x, 32000)
     assert abs(r["700-1500"]) < 0.5 and r["5000-8000"] < -40 and r["12000-16000"] < -40
+
+
+def test_reference_clip_is_one_recording_when_one_fits_and_joins_short_ones(tmp_path):
+    """The GPT trains on one utterance as its prompt: a joined prompt made the demo's voice end sentences early."""
+    import numpy as np
+    import soundfile as sf
+
+    from benchmarks.quality import Utterance, reference_clip
+
+    sr = 32000
+
+    def utt(name, seconds, text):
+        return Utterance(tmp_path / name, np.full(int(seconds * sr), 0.1, np.float32), sr, text, "en")
+
+    short = [utt("a.wav", 2.0, "one"), utt("b.wav", 2.0, "two")]
+    path, text, lang = reference_clip(short + [utt("c.wav", 3.4, "three"), utt("d.wav", 4.5, "four"),
+                                               utt("e.wav", 12.0, "too long")], tmp_path / "ref1.wav")
+    assert (text, lang) == ("four", "en") and sf.info(path).duration == 4.5  # the longest that fits, alone
+    path, text, _ = reference_clip(short, tmp_path / "ref2.wav")
+    assert text == "one two" and 4.0 < sf.info(path).duration < 9.0  # none fits alone: joined with pauses
