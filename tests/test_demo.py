@@ -50,6 +50,7 @@ def test_demo_end_to_end(tmp_path, version):
 
     assert matplotlib.image.imread(str(tmp_path / "bench.png")).shape[1] > 1800  # 3 serving panels + the voice
 
+
 def _demo_module():
     import importlib.util
 

@@ -16,6 +16,7 @@ import argparse
 import logging
 
 from gsv.errors import GsvError, run_command
+from trainer.config import CPU_PRECISIONS
 
 log = logging.getLogger("trainer")
 
@@ -40,7 +41,7 @@ def _common_train_args(p: argparse.ArgumentParser, epochs_default: int) -> None:
     p.add_argument("--restart", action="store_true", help="ignore a saved training state and start over")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-fp16", action="store_true", help="no mixed precision on CUDA")
-    p.add_argument("--cpu-precision", default="auto", choices=("auto", "fp32", "bf16"),
+    p.add_argument("--cpu-precision", default="auto", choices=CPU_PRECISIONS,
                    help="CPU training precision: auto = bf16 autocast where the CPU multiplies bf16 natively "
                    "(AMX/AVX512-BF16), fp32 elsewhere")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
@@ -62,7 +63,8 @@ def _common_cfg(args) -> dict:
               val_fraction=args.val_fraction, patience=args.patience, early_stop_on=args.early_stop_on,
               min_epoch_items=args.min_epoch_items, save_every_steps=args.save_every_steps,
               save_every_epoch=args.save_every_epoch, log_every=args.log_every, resume=not args.restart,
-              device=args.device, fp16=not args.no_fp16, cpu_precision=args.cpu_precision, num_workers=args.num_workers, synth=not args.no_synth,
+              device=args.device, fp16=not args.no_fp16, cpu_precision=args.cpu_precision,
+              num_workers=args.num_workers, synth=not args.no_synth,
               synth_text=args.synth_text or CommonTrainConfig.synth_text, synth_lang=args.synth_lang,
               synth_max_tokens=args.synth_max_tokens, speaker_model=args.speaker_model,
               name=args.name, threads=args.threads)
@@ -83,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", type=int, default=0, help="held-out sentences (OUT/heldout.list, OUT/heldout.txt)")
     p.add_argument("--voice", default="en-us")
     p.add_argument("--voices", help="comma-separated espeak-ng voices, one speaker each (multi-speaker data; "
-                                    "'pretrain': trainer.synthetic.PRETRAIN_VOICES, without the demo's own voice); replaces --voice "
-                                    "and --heldout")
+                                    "'pretrain': trainer.synthetic.PRETRAIN_VOICES, without the demo's own "
+                                    "voice); replaces --voice and --heldout")
     p.set_defaults(func=cmd_synthetic)
 
     p = sub.add_parser("init", help="write a random-weights base bundle", formatter_class=fmt)

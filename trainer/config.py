@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+# CPU training precisions: auto = bf16 autocast where the CPU multiplies bf16 natively, fp32 elsewhere
+CPU_PRECISIONS = ("auto", "fp32", "bf16")
+
 
 V2_PERIODS = (2, 3, 5, 7, 11)
 PRO_PERIODS = (2, 3, 5, 7, 11, 17, 23)  # upstream's MultiPeriodDiscriminator for v2Pro/v2ProPlus
@@ -53,7 +56,7 @@ class CommonTrainConfig:
     log_every: int = 10  # steps between TensorBoard/console training scalars
     num_workers: int = 0  # DataLoader workers (features are precomputed: 0 is usually fastest)
     fp16: bool = True  # mixed precision when on CUDA (ignored on CPU)
-    cpu_precision: str = "auto"  # on CPU: auto (bf16 autocast where the CPU multiplies bf16 natively) | fp32 | bf16
+    cpu_precision: str = "auto"  # one of CPU_PRECISIONS (trainer.precision resolves it)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: bool = True  # continue from EXP/train/<stage>/state-last.pt when present
     min_epoch_items: int = 100  # upstream replicates datasets smaller than this many items per epoch

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
+from trainer.config import CPU_PRECISIONS
+
 log = logging.getLogger(__name__)
 
-CPU_PRECISIONS = ("auto", "fp32", "bf16")
 # /proc/cpuinfo flags (x86) and Features (aarch64) that mean native bf16 arithmetic
 _NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
 
@@ -48,10 +49,6 @@ class Precision:
     @property
     def needs_grad_scaler(self) -> bool:
         return self.dtype == torch.float16
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
 
     def autocast(self):
         if self.dtype is None:
