@@ -93,6 +93,28 @@ def scratch_recipe(native_bf16: bool) -> dict:
             "gpt_args": ["--prompt-pairs", 0.5]}
 
 
+# make demo-quality (--minutes M): the same phases, longer.  The vocoder phase (where most of the voice was lost)
+# and the prior phase grow in proportion to the budget, sized so that at the standard recipe's pace they fill
+# QUALITY_PHASE_SHARE of it (half: a machine twice as slow still finishes them); warm-up steps fill the rest
+# until the similarity stops improving.
+DEMO_SOVITS_MINUTES = 5.7  # the standard recipe's SoVITS stage (benchmarks/results/2026-12-07-xeon-avx512)
+QUALITY_PHASE_SHARE = 0.5
+QUALITY_EPOCH_ITEMS = 1600  # a validation (4 held-out sentences synthesized) every 100 steps
+
+
+def quality_recipe(native_bf16: bool, minutes: float) -> dict:
+    recipe = scratch_recipe(native_bf16)
+    scale = max(1.0, minutes * QUALITY_PHASE_SHARE / DEMO_SOVITS_MINUTES)
+    vocoder = round(VOCODER_STEPS[recipe["precision"]] * scale)
+    prior = round(PRIOR_STEPS * scale)
+    args = recipe["sovits_args"]
+    args[args.index("--vocoder-steps") + 1] = vocoder
+    args[args.index("--prior-steps") + 1] = prior
+    args[args.index("--min-epoch-items") + 1] = QUALITY_EPOCH_ITEMS
+    recipe["sovits_steps"] = vocoder + prior
+    return recipe
+
+
 PRETRAINED_STEPS = 40  # full-size steps take seconds each on a CPU
 GOAL_SIMILARITY = 0.65  # the goal for the default demo (pretrained speaker encoder)
 MAX_DIFFERENCE = 0.02  # INT8 vs FP32 and streamed vs whole-utterance decoding
@@ -135,7 +157,8 @@ def main(argv=None) -> int:
     pre = find_pretrained(Path(args.pretrained))
     from trainer.precision import cpu_has_native_bf16
 
-    recipe = scratch_recipe(cpu_has_native_bf16())  # what --cpu-precision auto trains in
+    native_bf16 = cpu_has_native_bf16()  # what --cpu-precision auto trains in
+    recipe = quality_recipe(native_bf16, args.minutes) if args.minutes else scratch_recipe(native_bf16)
     base_kind = "pretrained" if pre else recipe["arch"]
     if args.sentences:
         recipe["sentences"] = args.sentences
@@ -181,8 +204,9 @@ def main(argv=None) -> int:
     sovits = [tool("gsv-train"), "sovits", "--exp", work / "exp", "--epochs", 100000, *recipe["sovits_args"]]
     if args.minutes:
         heldout = (work / "data" / "heldout.txt").read_text("utf-8").split("\n")
+        # patience counts from the end of the vocoder and prior phases (trainer.loop)
         sovits += ["--max-minutes", args.minutes, "--early-stop-on", "similarity", "--patience", 6,
-                   "--min-epoch-items", 800, *[a for x in heldout if x.strip() for a in ("--synth-text", x)]]
+                   *[a for x in heldout if x.strip() for a in ("--synth-text", x)]]
     else:
         sovits += ["--max-steps", recipe["sovits_steps"], "--no-synth"]
     run(*sovits)

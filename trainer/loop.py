@@ -87,6 +87,11 @@ class Stage:
     def write_release(self, kind: str, sd: dict[str, torch.Tensor], epoch: int, step: int, name: str) -> None: ...
     def synthesize(self, progress: Progress, writer) -> dict[str, float]: return {}
 
+    def patience_start_step(self) -> int:
+        """Validations up to this step never count against ``patience``: phases that train only some
+        parts of the model come first, and what validation measures is not theirs to improve."""
+        return 0
+
     def save_weights(self, kind: str, progress: Progress) -> None:
         """Weights of ``kind`` (best | last | epoch): the upstream-format release file (path and
         format chosen by :meth:`write_release`), plus our own copy of best/last under the stage dir."""
@@ -216,7 +221,7 @@ def _end_of_epoch(stage: Stage, cfg, progress: Progress, dist: DistEnv, writer, 
             if math.isinf(progress.best) or (value > progress.best if higher else value < progress.best):
                 progress.best, progress.best_epoch, progress.bad_validations = float(value), epoch, 0
                 improved = True
-            else:
+            elif progress.global_step > stage.patience_start_step():
                 progress.bad_validations += 1
                 early = bool(cfg.patience) and progress.bad_validations >= cfg.patience
         progress.history.append(record)

@@ -259,6 +259,10 @@ class SoVITSStage(Stage):
         out = {"loss/g/total": loss_g, **{f"loss/g/{k}": v for k, v in terms.items()}}
         return {k: v.detach().item() for k, v in out.items()} | {"learning_rate": self.opt_g.param_groups[0]["lr"]}
 
+    def patience_start_step(self) -> int:
+        # the vocoder and prior phases leave the path the validation synthesis takes half-trained
+        return self.cfg.vocoder_steps + self.cfg.prior_steps
+
     def train_step(self, micro_batches, step: int) -> dict[str, float]:
         (batch,) = micro_batches
         cfg = self.cfg

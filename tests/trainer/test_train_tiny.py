@@ -340,3 +340,20 @@ def test_early_stopping(exp_copy, monkeypatch):
     assert r.stopped_early and len(r.progress.history) == 3 and r.progress.best_epoch == 1
     again = train("gpt", exp_copy, tiny_cfg("gpt", epochs=10, patience=2, val_fraction=0.2))
     assert again.progress.global_step == r.progress.global_step  # an early-stopped run is not continued
+
+
+def test_validations_inside_the_training_phases_do_not_count_against_patience(exp_copy, monkeypatch):
+    from trainer import gpt_stage
+    from trainer.run import train
+    from trainer.sovits_stage import SoVITSStage
+
+    vals = iter([1.0, 2.0, 3.0, 4.0, 5.0])
+    monkeypatch.setattr(gpt_stage.GPTStage, "validate", lambda self, b: {"val/loss": next(vals)})
+    # every validation is worse than the first, but all of them fall inside the (pretend) phases
+    monkeypatch.setattr(gpt_stage.GPTStage, "patience_start_step", lambda self: 10**6)
+    r = train("gpt", exp_copy, tiny_cfg("gpt", epochs=5, patience=2, val_fraction=0.2))
+    assert not r.stopped_early and len(r.progress.history) == 5 and r.progress.best_epoch == 1
+    # SoVITS: patience starts once the vocoder and prior phases are over
+    stage = SoVITSStage.__new__(SoVITSStage)
+    stage.cfg = tiny_cfg("sovits", vocoder_steps=30, prior_steps=12, warmup_steps=5)
+    assert stage.patience_start_step() == 42
