@@ -82,6 +82,10 @@ def find_pretrained(root: Path) -> dict | None:
 # natively) its steps take about 0.75x the time, so 100 more of them fit.
 VOCODER_STEPS = {"bf16": 330, "fp32": 230}
 PRIOR_STEPS = 150
+# share of the GPT's training items behind another utterance of the speaker (the inference layout): with
+# 0.5 the from-scratch GPT still ended some held-out sentences early; 0.8 gave 0.80 on the same SoVITS over
+# three seeds (0.5: 0.74, 1.0: 0.76; benchmarks/results/2026-12-07-epyc-avx512/gpt_prompt_pairs.json)
+PROMPT_PAIRS = 0.8
 
 
 def scratch_recipe(native_bf16: bool) -> dict:
@@ -90,7 +94,7 @@ def scratch_recipe(native_bf16: bool) -> dict:
             "sovits_steps": vocoder + PRIOR_STEPS, "precision": "bf16" if native_bf16 else "fp32",
             "sovits_args": ["--lr", 2e-3, "--batch-size", 16, "--vocoder-steps", vocoder, "--prior-steps",
                             PRIOR_STEPS, "--warmup-steps", 100000, "--min-epoch-items", 400],
-            "gpt_args": ["--prompt-pairs", 0.5]}
+            "gpt_args": ["--prompt-pairs", PROMPT_PAIRS]}
 
 
 # make demo-quality (--minutes M): the same phases, longer.  The vocoder phase (where most of the voice was lost)
@@ -135,6 +139,8 @@ def quality_args(work: Path, ref: Path, ref_text: str) -> list:
 
 
 def main(argv=None) -> int:
+    from trainer.config import CPU_PRECISIONS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "out"))
     ap.add_argument("--steps", type=int, help="training steps per stage (default: the recipe's)")
@@ -144,6 +150,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pretrained", default=str(REPO / "pretrained"))
     ap.add_argument("--bench-requests", type=int, default=6)
     ap.add_argument("--sentences", type=int, help="training sentences (default: the recipe's)")
+    ap.add_argument("--cpu-precision", default="auto", choices=CPU_PRECISIONS,
+                    help="training precision on a CPU and the recipe sized for it (auto: bf16 where the CPU "
+                         "multiplies bf16 natively; fp32 runs here what an AVX2-only machine runs)")
     ap.add_argument("--version", default="v2", choices=("v2", "v2Pro", "v2ProPlus"),
                     help="model version of the tiny base trained from scratch (make demo: GSV_DEMO_VERSION)")
     args = ap.parse_args(argv)
@@ -157,7 +166,7 @@ def main(argv=None) -> int:
     pre = find_pretrained(Path(args.pretrained))
     from trainer.precision import cpu_has_native_bf16
 
-    native_bf16 = cpu_has_native_bf16()  # what --cpu-precision auto trains in
+    native_bf16 = cpu_has_native_bf16() if args.cpu_precision == "auto" else args.cpu_precision == "bf16"
     recipe = quality_recipe(native_bf16, args.minutes) if args.minutes else scratch_recipe(native_bf16)
     base_kind = "pretrained" if pre else recipe["arch"]
     if args.sentences:
@@ -198,10 +207,11 @@ def main(argv=None) -> int:
         f"({f'up to {args.minutes:g} min' if args.minutes else str(recipe['sovits_steps']) + ' steps'}), bundle")
     t = time.time()
     run(tool("gsv-train"), "gpt", "--exp", work / "exp", "--epochs", 100000, "--max-steps", recipe["gpt_steps"],
-        "--grad-accum", 1, "--no-synth", *recipe.get("gpt_args", []))
+        "--grad-accum", 1, "--no-synth", "--cpu-precision", recipe["precision"], *recipe.get("gpt_args", []))
     phases["train_gpt"] = time.time() - t
     t = sovits_start = time.time()
-    sovits = [tool("gsv-train"), "sovits", "--exp", work / "exp", "--epochs", 100000, *recipe["sovits_args"]]
+    sovits = [tool("gsv-train"), "sovits", "--exp", work / "exp", "--epochs", 100000, "--cpu-precision",
+              recipe["precision"], *recipe["sovits_args"]]
     if args.minutes:
         heldout = (work / "data" / "heldout.txt").read_text("utf-8").split("\n")
         # patience counts from the end of the vocoder and prior phases (trainer.loop)

@@ -14,13 +14,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("version", ["v2", "v2ProPlus"])
-def test_demo_end_to_end(tmp_path, version):
+@pytest.mark.parametrize("version,precision", [("v2", "auto"), ("v2ProPlus", "fp32")])
+def test_demo_end_to_end(tmp_path, version, precision):
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (make setup installs it)")
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), "--out", str(tmp_path), "--steps", "10",
                         "--bench-requests", "2", "--sentences", "12", "--pretrained", str(tmp_path / "no-pretrained"),
-                        "--version", version],
+                        "--version", version, "--cpu-precision", precision],
                        capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
@@ -41,7 +41,12 @@ def test_demo_end_to_end(tmp_path, version):
     assert len(q["trained"]["sentences"]) == 4 and abs(q["int8_vs_fp32"]) <= 2 and abs(q["stream_vs_whole"]) <= 2
     assert set(q["met"]) == {"trained_min", "above_untrained_base", "int8_vs_fp32", "stream_vs_whole"}
     assert q["training"]["gpt_steps"] == 10 and q["training"]["sovits_steps"] == 10
-    assert q["training"]["cpu_precision"] in ("bf16", "fp32")
+    assert q["training"]["cpu_precision"] in (("bf16", "fp32") if precision == "auto" else (precision,))
+    from trainer.checkpointing import load_state
+
+    for stage in ("gpt", "sovits"):  # both stages trained in the precision the recipe was sized for
+        state = load_state(tmp_path / "demo" / "exp" / "train" / stage / "state-last.pt")
+        assert state["config"]["cpu_precision"] == q["training"]["cpu_precision"], stage
     # where the speaker is lost (the demo's bundle has the posterior encoder and a HuBERT: every stage runs)
     st = q["stages"]
     assert -1.0 <= st["reconstruction"]["speaker_similarity"] <= 1.0 and "0-100" in st["spectrum_db"]
