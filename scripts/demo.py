@@ -88,12 +88,17 @@ PRIOR_STEPS = 150
 PROMPT_PAIRS = 0.8
 
 
-def scratch_recipe(native_bf16: bool) -> dict:
-    vocoder = VOCODER_STEPS["bf16" if native_bf16 else "fp32"]
+EPOCH_ITEMS = 400  # items per SoVITS epoch (the demo validates only at its end)
+
+
+def scratch_recipe(native_bf16: bool, phase_scale: float = 1.0, epoch_items: int = EPOCH_ITEMS) -> dict:
+    """The demo's recipe; ``phase_scale`` multiplies the vocoder and prior phases (make demo-quality)."""
+    precision = "bf16" if native_bf16 else "fp32"
+    vocoder, prior = round(VOCODER_STEPS[precision] * phase_scale), round(PRIOR_STEPS * phase_scale)
     return {"arch": "small", "sentences": 60, "heldout": 4, "gpt_steps": 1000,
-            "sovits_steps": vocoder + PRIOR_STEPS, "precision": "bf16" if native_bf16 else "fp32",
+            "sovits_steps": vocoder + prior, "precision": precision,
             "sovits_args": ["--lr", 2e-3, "--batch-size", 16, "--vocoder-steps", vocoder, "--prior-steps",
-                            PRIOR_STEPS, "--warmup-steps", 100000, "--min-epoch-items", 400],
+                            prior, "--warmup-steps", 100000, "--min-epoch-items", epoch_items],
             "gpt_args": ["--prompt-pairs", PROMPT_PAIRS]}
 
 
@@ -107,16 +112,8 @@ QUALITY_EPOCH_ITEMS = 1600  # a validation (4 held-out sentences synthesized) ev
 
 
 def quality_recipe(native_bf16: bool, minutes: float) -> dict:
-    recipe = scratch_recipe(native_bf16)
     scale = max(1.0, minutes * QUALITY_PHASE_SHARE / DEMO_SOVITS_MINUTES)
-    vocoder = round(VOCODER_STEPS[recipe["precision"]] * scale)
-    prior = round(PRIOR_STEPS * scale)
-    args = recipe["sovits_args"]
-    args[args.index("--vocoder-steps") + 1] = vocoder
-    args[args.index("--prior-steps") + 1] = prior
-    args[args.index("--min-epoch-items") + 1] = QUALITY_EPOCH_ITEMS
-    recipe["sovits_steps"] = vocoder + prior
-    return recipe
+    return scratch_recipe(native_bf16, phase_scale=scale, epoch_items=QUALITY_EPOCH_ITEMS)
 
 
 PRETRAINED_STEPS = 40  # full-size steps take seconds each on a CPU

@@ -65,35 +65,31 @@ def _demo_module():
     return module
 
 
+def _flag(recipe: dict, name: str):
+    """The value that follows ``name`` in the recipe's SoVITS arguments."""
+    args = recipe["sovits_args"]
+    return args[args.index(name) + 1]
+
+
 def test_scratch_recipe_gives_bf16_machines_the_vocoder_steps_their_faster_steps_buy():
     demo = _demo_module()
     bf16, fp32 = demo.scratch_recipe(True), demo.scratch_recipe(False)
-
-    def flag(recipe, name):
-        args = recipe["sovits_args"]
-        return args[args.index(name) + 1]
-
-    assert flag(bf16, "--vocoder-steps") > flag(fp32, "--vocoder-steps")
-    assert flag(bf16, "--prior-steps") == flag(fp32, "--prior-steps")
+    assert _flag(bf16, "--vocoder-steps") > _flag(fp32, "--vocoder-steps")
+    assert _flag(bf16, "--prior-steps") == _flag(fp32, "--prior-steps")
     for recipe in (bf16, fp32):  # the steps the stage runs are exactly its phases
-        assert recipe["sovits_steps"] == flag(recipe, "--vocoder-steps") + flag(recipe, "--prior-steps")
+        assert recipe["sovits_steps"] == _flag(recipe, "--vocoder-steps") + _flag(recipe, "--prior-steps")
     assert (bf16["precision"], fp32["precision"]) == ("bf16", "fp32")
 
 
 def test_quality_recipe_grows_the_phases_with_the_budget_and_keeps_half_of_it_for_later_steps():
     demo = _demo_module()
-
-    def flag(recipe, name):
-        args = recipe["sovits_args"]
-        return args[args.index(name) + 1]
-
     for bf16 in (True, False):
         short, standard = demo.quality_recipe(bf16, 1.0), demo.scratch_recipe(bf16)
         assert short["sovits_args"] != standard["sovits_args"]  # only the validation interval differs
-        assert flag(short, "--vocoder-steps") == flag(standard, "--vocoder-steps")
+        assert _flag(short, "--vocoder-steps") == _flag(standard, "--vocoder-steps")
         long = demo.quality_recipe(bf16, 45)
         scale = 45 * demo.QUALITY_PHASE_SHARE / demo.DEMO_SOVITS_MINUTES
-        assert flag(long, "--vocoder-steps") == round(flag(standard, "--vocoder-steps") * scale)
-        assert flag(long, "--prior-steps") == round(flag(standard, "--prior-steps") * scale)
-        assert long["sovits_steps"] == flag(long, "--vocoder-steps") + flag(long, "--prior-steps")
-        assert flag(long, "--min-epoch-items") == demo.QUALITY_EPOCH_ITEMS
+        assert _flag(long, "--vocoder-steps") == round(_flag(standard, "--vocoder-steps") * scale)
+        assert _flag(long, "--prior-steps") == round(_flag(standard, "--prior-steps") * scale)
+        assert long["sovits_steps"] == _flag(long, "--vocoder-steps") + _flag(long, "--prior-steps")
+        assert _flag(long, "--min-epoch-items") == demo.QUALITY_EPOCH_ITEMS
