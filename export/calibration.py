@@ -111,7 +111,9 @@ def audio_calibration(models, n_windows: int = 8, seed: int = 0,
         feeds["sovits_window"].append({"codes": codes.numpy(), "code_lens": code_lens.numpy(), "phones": phones.numpy(),
                                        "phone_lens": phone_lens.numpy(), "ge": ge.numpy(), "noise": noise.numpy(),
                                        "speed": np.array(1.0, dtype=np.float32)})
-        feeds["vocoder"].append({"z": z.numpy(), "ge": ge.numpy(), "frame_lens": frame_lens.numpy()})
+        # untrimmed: every layer calibrated over the whole window
+        feeds["vocoder"].append({"z": z.numpy(), "ge": ge.numpy(), "frame_lens": frame_lens.numpy(),
+                                 "frame_from": np.zeros(1, dtype=np.int64), "trim": np.zeros(2, dtype=np.int64)})
     log.info("calibration: %d decoder and vocoder windows from the bundle's GPT and %d reference(s)",
              n_windows, len(ges))
     return feeds

@@ -21,7 +21,8 @@ Graphs (wrappers in :mod:`export.wrappers`; sampling is never inside a graph):
 * ``sovits_window``: the serving form, with the voice's ge as input.  Its codes are a streaming
   window ``left context | new tokens | lookahead`` (a whole segment is a window without context);
   the caller crops the audio of the new tokens.
-* ``vocoder``: z, ge -> 32 kHz waveform (640 samples per frame; rows zeroed past frame_lens).
+* ``vocoder``: z, ge -> 32 kHz waveform (640 samples per frame; rows valid over [frame_from, frame_lens);
+  ``trim`` frames at either end not rendered).
 
 The z_p noise is an input (drawn per request outside the graph) so exported graphs are
 deterministic and comparable with PyTorch sample for sample; ``speed`` is a 0-d float32 input.
@@ -143,11 +144,12 @@ GRAPHS: dict[str, GraphSpec] = {
         GraphSpec(
             "vocoder", "sovits", "VocoderGraph",
             inputs=(_t("z", F32, "batch", "inter", "frames"), _t("ge", F32, "batch", "gin", 1),
-                    _t("frame_lens", I64, "batch")),
+                    _t("frame_lens", I64, "batch"), _t("frame_from", I64, "batch"), _t("trim", I64, 2)),
             outputs=(_t("audio", F32, "batch", "samples"),),
             trt_profile={"batch": (1, 4, 8), "frames": (2, 64, 3001)},
             quantize_static=True,
-            description="z [B,C,F] + ge -> audio [B, F*640] (each row zeroed past its frame_lens)",
+            description="z [B,C,F] + ge -> audio [B, (F-trim[0]-trim[1])*640] (rows valid over [frame_from, "
+                        "frame_lens); the trimmed frames' audio is not rendered)",
         ),
     )
 }

@@ -119,14 +119,14 @@ class SoVITSDecoderGraph(nn.Module):
 
 
 class VocoderGraph(nn.Module):
-    """(z [B,C,F], ge [B,gin,1], frame_lens [B]) -> audio [B, F*640]."""
+    """(z [B,C,F], ge [B,gin,1], frame_lens [B], frame_from [B], trim [2]) -> audio [B, (F-trim[0]-trim[1])*640]."""
 
     def __init__(self, sovits):
         super().__init__()
         self.sovits = sovits
 
-    def forward(self, z, ge, frame_lens):
-        return self.sovits.vocode(z, ge, frame_lens)
+    def forward(self, z, ge, frame_lens, frame_from, trim):
+        return self.sovits.vocode(z, ge, frame_lens, frame_from, (trim[0], trim[1]))
 
 
 WRAPPERS = {cls.__name__: cls for cls in (GPTPrefillGraph, GPTDecodeStepGraph, SpeakerEncoderGraph,
@@ -197,5 +197,7 @@ def sample_inputs(graph: str, sizes: dict, models: ExportModels, gen: torch.Gene
         frame_lens = 2 * lens(tc)
         z = torch.randn(b, s.inter_channels, 2 * tc, generator=gen)
         z = z * (torch.arange(2 * tc).view(1, 1, -1) < frame_lens.view(-1, 1, 1))  # z arrives zeroed past its length
-        return z, 0.1 * torch.randn(b, s.gin_channels, 1, generator=gen), frame_lens
+        # traced with a real trim and no left padding (both are graph inputs: any values at run time)
+        return (z, 0.1 * torch.randn(b, s.gin_channels, 1, generator=gen), frame_lens, torch.zeros(b, dtype=torch.long),
+                torch.tensor([3, 2], dtype=torch.long))
     raise KeyError(graph)

@@ -28,6 +28,7 @@ import torch
 from gsv import constants as C
 from gsv.backends.base import AudioBackend, GPTBackend
 from gsv.models.sovits.model import latent_frames
+from gsv.models.sovits.vocoder import TrimPlan
 from gsv.pacing import DecodeCost, break_even_tokens
 from gsv.session import DecodeJob, Session
 
@@ -96,7 +97,9 @@ class Engine:
         self.queues: dict[Session, deque] = {}  # per-session FIFO of DecodeJob/_Marker
         self.noise_channels = audio.config.inter_channels
         self.deadline_chunks = deadline_chunks
-        self.decode_cost = DecodeCost()  # fixed + per-token seconds of a decoder call (vocoded tokens, padding included)
+        self.decode_cost = DecodeCost()  # fixed + per-token seconds of a decoder call (work tokens, padding included)
+        # the vocoder renders only the audio a window's caller keeps, when the backend can (work_tokens)
+        self.trim_plan = TrimPlan.of(audio.config) if audio.trims_vocoder else None
         self.step_s = 0.0  # moving average of a GPT step's wall time
         self.decoding_urgent = False  # the decoder is rendering a window a listener waits for (guarded by cv)
 
@@ -249,12 +252,14 @@ class Engine:
             floor, listener = 0, "dry"
         urgent, relaxed = listener == "urgent", listener in ("buffered", "urgent")
         while (w := s.assembler.next_window(len(tokens), s.seg_finished, urgent, relaxed, floor)) is not None:
+            keep = s.assembler.kept_tokens(w)
             if s.options.speed != 1.0:  # the vocoder context cut is exact at speed 1 only: vocode it all
-                w = dataclasses.replace(w, v0=-1)
+                w, keep = dataclasses.replace(w, v0=-1), None
             frames = latent_frames(w.w1 - w.w0, s.options.speed)
             jobs.append(DecodeJob(s, s.seg_index, w, torch.tensor(tokens[w.w0 : w.w1], dtype=torch.long),
                                   s.window_noise(w, frames, self.noise_channels), time.monotonic(),
-                                  first=s.sequence == 0 and s.inflight == 0 and not jobs, deadline=s.playback_deadline()))
+                                  first=s.sequence == 0 and s.inflight == 0 and not jobs, deadline=s.playback_deadline(),
+                                  keep=keep, work=self.work_tokens(w.w1 - w.vocode_start, keep)))
         if s.seg_finished:
             if not jobs or not jobs[-1].window.final:
                 jobs.append(_Marker("flush", s.seg_index))
@@ -289,13 +294,26 @@ class Engine:
             return "none"
         if s.inflight:
             return "buffered"
-        p = s.assembler.policy
         pending = len(s.sampler.tokens) - s.assembler.scheduled
-        vocoded = p.vocoder_context_tokens + pending + p.lookahead_tokens
         remaining = s.playback_deadline() - time.monotonic()
         if remaining <= 0.0:
             return "dry"
-        return "urgent" if remaining < self.decode_cost.predict(vocoded) + DEADLINE_MARGIN_S else "buffered"
+        return "urgent" if remaining < self.decode_cost.predict(self._window_work(s, pending)) + DEADLINE_MARGIN_S else "buffered"
+
+    def work_tokens(self, vocoded: int, keep: tuple[int, int] | None) -> float:
+        """Vocoder work of a window of ``vocoded`` tokens whose ``keep`` span is used, in tokens of an
+        untrimmed rendering (the unit of decode_cost and of the decoded-audio metric)."""
+        if keep is None or self.trim_plan is None:
+            return float(vocoded)
+        frames = 2 * vocoded  # [2 frames per token]
+        return self.trim_plan.work(frames, (2 * keep[0], frames - 2 * keep[1])) / 2
+
+    def _window_work(self, s: Session, new_tokens: int) -> float:
+        """Work tokens of a mid-segment window of ``new_tokens`` for ``s`` (context and lookahead around them)."""
+        p = s.assembler.policy
+        xf = -(-p.crossfade_samples // C.SAMPLES_PER_TOKEN)
+        return self.work_tokens(p.vocoder_context_tokens + new_tokens + p.lookahead_tokens,
+                                (p.vocoder_context_tokens - xf, p.vocoder_context_tokens + new_tokens))
 
     def _break_even(self, s: Session) -> int | None:
         """Smallest window worth cutting for ``s`` before its planned size (gsv.pacing); None: overload."""
@@ -303,8 +321,8 @@ class Engine:
             return 0  # nothing measured yet
         fixed, per_token = self.decode_cost.coefficients()
         p = s.assembler.policy
-        n = break_even_tokens(fixed, per_token, p.vocoder_context_tokens + p.lookahead_tokens, self.step_s,
-                              max(len(self.rows), 1), s.options.speed)
+        overhead = self._window_work(s, p.chunk_tokens) - p.chunk_tokens  # context and lookahead work per window
+        n = break_even_tokens(fixed, per_token, overhead, self.step_s, max(len(self.rows), 1), s.options.speed)
         return None if n is None else min(n, p.max_relaxed_chunk_tokens)
 
     def _end_rows(self, ended: list[int]) -> None:
@@ -456,7 +474,7 @@ class Engine:
         if not self.deadline_chunks or j.session.t_first_audio is None:
             return False
         remaining = j.session.playback_deadline() - now
-        return 0.0 < remaining < self.decode_cost.predict(j.window.w1 - j.window.vocode_start) + DEADLINE_MARGIN_S
+        return 0.0 < remaining < self.decode_cost.predict(j.work) + DEADLINE_MARGIN_S
 
     def urgent_decode_pending(self) -> bool:
         """The decoder is rendering, or has queued, a window a listener is waiting for."""
@@ -488,9 +506,9 @@ class Engine:
                 s.finish("error", e)
             return True
         seconds = time.perf_counter() - t0
-        padded = len(batch) * max(j.window.w1 - j.window.vocode_start for _, j in batch)
+        padded = len(batch) * max(j.work for _, j in batch)
         self.decode_cost.add(padded, seconds)
-        total = 0
+        work = 0.0
         for (s, j), audio in zip(batch, audios):
             with s.lock:
                 s.jobs_decoded += 1
@@ -503,10 +521,11 @@ class Engine:
                     self.cancel(s)
                     s.finish("error", e)
                     continue
-                total += audio.size
+                work += j.work if j.keep is not None else audio.size / C.SAMPLES_PER_TOKEN
                 s.samples_decoded += audio.size
                 self._emit(s, samples, j.segment)
-        self.observer.on_decode(len(batch), seconds, total / C.SAMPLE_RATE)
+        # decoded audio = the vocoder's work, in seconds of untrimmed rendering (context and lookahead included)
+        self.observer.on_decode(len(batch), seconds, work * C.SAMPLES_PER_TOKEN / C.SAMPLE_RATE)
         # markers that became heads behind the decoded jobs are handled on the next call
         return True
 
@@ -560,8 +579,11 @@ class Engine:
             for i, j in enumerate(jobs):
                 if j.noise is not None:
                     noise[i, :, : j.noise.shape[1]] = j.noise
+        keep = None
+        if all(j.keep is not None for j in jobs):
+            keep = torch.tensor([j.keep for j in jobs], dtype=torch.long)
         audio = self.audio.decode_audio(codes, code_lens, phones, phone_lens, ge, noise, speed,
-                                        vocode_from if bool(vocode_from.any()) else None).float().cpu().numpy()
+                                        vocode_from if bool(vocode_from.any()) else None, keep).float().cpu().numpy()
         out = []
         for i, j in enumerate(jobs):
             n = (j.window.w1 - j.window.vocode_start) * C.SAMPLES_PER_TOKEN if speed == 1.0 else audio.shape[1]

@@ -89,6 +89,8 @@ class DecodeJob:
     created: float
     first: bool
     deadline: float  # when the listener would run out of audio (for ordering)
+    keep: tuple[int, int] | None = None  # tokens from the vocoded start whose audio is used (None: all)
+    work: float = 0.0  # vocoder work in untrimmed tokens (Engine.work_tokens): the decode-cost unit
 
 
 class Session:

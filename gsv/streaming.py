@@ -162,6 +162,14 @@ class SegmentAssembler:
         self.chunks += 1
         return Window(w0, start, end, w1, final, v0=max(w0, start - p.vocoder_context_tokens))
 
+    def kept_tokens(self, window: Window) -> tuple[int, int]:
+        """The tokens of ``window``, counted from its vocoded start, whose audio :meth:`accept` reads: the
+        new tokens and, after the segment's first window, the crossfade before them (the vocoder need
+        not render the rest: its context and lookahead only feed the tokens in between)."""
+        xf = -(-self.policy.crossfade_samples // self.spt) if window.start > 0 else 0
+        v0 = window.vocode_start
+        return max(0, window.start - xf - v0), window.end - v0
+
     def finish(self) -> np.ndarray:
         """End of the segment with every token decoded: release the held-back tail."""
         out, self.tail, self.done = self.tail, np.zeros(0, dtype=np.float32), True

@@ -8,8 +8,10 @@ zero-copy as numpy; CUDA for TensorRT).  Shapes (L layers, n rows, H heads, T ca
 * ``GPTBackend.decode_step(tokens [n], positions [n], k_cache [L, n, H, T, Dh], v_cache, kv_lens [n])``
   -> ``(logits [n, V], new_k [L, n, H, Dh], new_v [L, n, H, Dh])``
 * ``AudioBackend.decode_audio(codes [B, Tc], code_lens [B], phones [B, Tp], phone_lens [B], ge [B, gin, 1],
-  noise [B, C, F] | None, speed, vocode_from [B] | None)`` -> ``audio [B, F' * 640]`` (rows longer than their valid
-  length are padding); ``vocode_from`` (tokens, speed 1 only) vocodes each row from that token on, F' frames
+  noise [B, C, F] | None, speed, vocode_from [B] | None, keep [B, 2] | None)`` -> ``audio [B, F' * 640]`` (rows
+  longer than their valid length are padding); ``vocode_from`` (tokens, speed 1 only) vocodes each row from
+  that token on, F' frames; ``keep`` (tokens from there, speed 1 only) the span whose audio the caller uses:
+  the vocoder may skip the rest (zeros there when it does: ``trims_vocoder``), see gsv.models.sovits.vocoder
 
 Sampling is never inside a backend: every row has its own parameters and random generator.
 """
@@ -82,10 +84,11 @@ class AudioBackend(ABC):
     config: SoVITSConfig
     device: torch.device
     name: str = "?"
+    trims_vocoder: bool = False  # decode_audio's ``keep`` saves vocoder work (else the whole rows are rendered)
 
     @abstractmethod
     def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0,
-                     vocode_from: torch.Tensor | None = None) -> torch.Tensor:
+                     vocode_from: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
         ...
 
 
@@ -190,16 +193,66 @@ class KVCache:
         return self.lengths.to(self.device)
 
 
-def crop_latent(z: torch.Tensor, frame_lens: torch.Tensor, start_frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """z [B, C, F] with per-row valid lengths -> the frames from ``start_frames[b]`` on, left-aligned:
-    (z' [B, C, F'], frame_lens - start_frames), F' the longest remainder, rows zero past their length.
+@dataclass(frozen=True)
+class VocoderRows:
+    """The vocoder's input for a batch of windows, each row shifted so that the audio its caller keeps
+    starts at the same frame in every row (then one trim serves the whole batch).
 
-    The vocoder only needs the frames its receptive field reaches (see gsv.streaming): the decoder's
-    wider left context is cut off here, between the two stages."""
-    starts = start_frames.to(frame_lens.device).long()
-    lens = frame_lens.long() - starts
-    out = z.new_zeros(z.shape[0], z.shape[1], int(lens.max()))
+    ``z`` [B, C, F]; row b holds its frames over [valid_from[b], valid_to[b]) and zeros elsewhere (the
+    vocoder masks both sides, so a row decodes as if alone); ``trim`` (left, right) frames of F whose
+    audio is not rendered; ``keep`` [B, 2] frames, relative to each row's first frame, whose audio the
+    caller uses (all of them when no keep was asked for)."""
+
+    z: torch.Tensor
+    valid_from: torch.Tensor
+    valid_to: torch.Tensor
+    trim: tuple[int, int]
+    keep: torch.Tensor
+
+    @property
+    def trimmed(self) -> bool:
+        return self.trim != (0, 0)
+
+    @property
+    def rendered_frames(self) -> int:
+        return self.z.shape[2] - self.trim[0] - self.trim[1]
+
+    def place(self, audio: torch.Tensor, hop: int) -> torch.Tensor:
+        """The vocoder's audio [B, rendered_frames * hop] -> [B, F' * hop], each row from its own first
+        frame (F' its longest row), zero outside the kept frames: the layout of an untrimmed rendering."""
+        if not self.trimmed and not bool(self.valid_from.any()):
+            return audio
+        lens = (self.valid_to - self.valid_from).tolist()
+        out = audio.new_zeros(audio.shape[0], max(lens) * hop)
+        for b, (f, (k0, k1)) in enumerate(zip(self.valid_from.tolist(), self.keep.tolist())):
+            a = (f + k0 - self.trim[0]) * hop  # row b's frame k0 in the rendered audio
+            out[b, k0 * hop : k1 * hop] = audio[b, a : a + (k1 - k0) * hop]
+        return out
+
+
+def vocoder_rows(z: torch.Tensor, frame_lens: torch.Tensor, start_frames: torch.Tensor | None = None,
+                 keep_frames: torch.Tensor | None = None) -> VocoderRows:
+    """z [B, C, F] with per-row valid lengths -> the vocoder's rows (:class:`VocoderRows`).
+
+    ``start_frames`` [B]: each row is vocoded from that frame on (the decoder's wider left context is cut
+    off here, between the two stages: the vocoder only needs what its receptive field reaches, see
+    gsv.streaming).  ``keep_frames`` [B, 2]: the frames, counted from ``start_frames``, whose audio the
+    caller will use; the rows are shifted to line up their first kept frame and the rest is trimmed."""
+    lens = frame_lens.long().cpu()
+    starts = torch.zeros_like(lens) if start_frames is None else start_frames.long().cpu()
+    lens = lens - starts
+    keep = torch.stack([torch.zeros_like(lens), lens], 1) if keep_frames is None else keep_frames.long().cpu()
+    if bool((keep[:, 0] < 0).any() or (keep[:, 1] > lens).any() or (keep[:, 0] >= keep[:, 1]).any()):
+        raise ValueError(f"kept frames {keep.tolist()} outside the rows' {lens.tolist()} frames")
+    if keep_frames is None and start_frames is None:
+        return VocoderRows(z, torch.zeros_like(lens), lens, (0, 0), keep)
+    first = int(keep[:, 0].max())
+    shift = first - keep[:, 0]  # [B] frames each row moves right
+    valid_to = shift + lens
+    frames = int(valid_to.max())
+    out = z.new_zeros(z.shape[0], z.shape[1], frames)
     for b in range(z.shape[0]):
-        s, n = int(starts[b]), int(lens[b])
-        out[b, :, :n] = z[b, :, s : s + n]
-    return out, lens
+        s, n, o = int(starts[b]), int(lens[b]), int(shift[b])
+        out[b, :, o : o + n] = z[b, :, s : s + n]
+    trim = (first, frames - int((shift + keep[:, 1]).max())) if keep_frames is not None else (0, 0)
+    return VocoderRows(out, shift, valid_to, trim, keep)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gsv.backends.base import AudioBackend, GPTBackend, MemoryPlan, ThreadPlan, check_noise, crop_latent
+from gsv.backends.base import AudioBackend, GPTBackend, MemoryPlan, ThreadPlan, check_noise, vocoder_rows
 from gsv.errors import BundleError, GsvError
 from gsv.models.sovits.model import latent_frames
 
@@ -229,13 +229,14 @@ class OnnxAudioBackend(AudioBackend):
     def __init__(self, config, window: OrtGraph, vocoder: OrtGraph, name: str = "onnx"):
         self.config, self.window_graph, self.vocoder_graph, self.name = config, window, vocoder, name
         self.device = torch.device("cuda", window.device_id) if window.on_gpu else torch.device("cpu")
+        self.trims_vocoder = "trim" in vocoder.inputs  # graphs exported before trimming render every frame
 
     @classmethod
     def from_files(cls, config, window_path, vocoder_path, device="cpu", threads=None, name="onnx"):
         return cls(config, OrtGraph(window_path, device, threads), OrtGraph(vocoder_path, device, threads), name)
 
     def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0,
-                     vocode_from=None) -> torch.Tensor:
+                     vocode_from=None, keep=None) -> torch.Tensor:
         b, tc = codes.shape
         c = self.config.inter_channels
         frames = latent_frames(tc, float(speed))
@@ -247,12 +248,13 @@ class OnnxAudioBackend(AudioBackend):
              "phone_lens": phone_lens.long(), "ge": ge.float(), "noise": noise.float(),
              "speed": torch.tensor(float(speed), dtype=torch.float32)},
             {"z": (b, c, frames), "frame_lens": (b,)})
-        if vocode_from is not None:
-            z, frame_lens = crop_latent(z, frame_lens, 2 * vocode_from)
-            frames = z.shape[2]
-        (audio,) = self.vocoder_graph.run({"z": z, "ge": ge.float(), "frame_lens": frame_lens},
-                                          {"audio": (b, frames * self.config.hop_length)})
-        return audio
+        rows = vocoder_rows(z, frame_lens, None if vocode_from is None else 2 * vocode_from,
+                            None if keep is None or not self.trims_vocoder else 2 * keep)
+        feeds = {"z": rows.z, "ge": ge.float(), "frame_lens": rows.valid_to}
+        if self.trims_vocoder:
+            feeds.update(frame_from=rows.valid_from, trim=torch.tensor(rows.trim, dtype=torch.long))
+        (audio,) = self.vocoder_graph.run(feeds, {"audio": (b, rows.rendered_frames * self.config.hop_length)})
+        return rows.place(audio, self.config.hop_length)
 
 
 # ------------------------------------------------------------------------------------------ bundle

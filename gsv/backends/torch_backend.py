@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from gsv.backends.base import AudioBackend, GPTBackend, crop_latent
+from gsv.backends.base import AudioBackend, GPTBackend, vocoder_rows
 
 
 class _EagerModel:
@@ -38,14 +38,20 @@ class TorchGPTBackend(_EagerModel, GPTBackend):
 
 class TorchAudioBackend(_EagerModel, AudioBackend):
     _loader = "load_sovits"
+    trims_vocoder = True
 
     @torch.inference_mode()
     def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0,
-                     vocode_from=None) -> torch.Tensor:
+                     vocode_from=None, keep=None) -> torch.Tensor:
         d = self.device
         z, mask = self.model.decode_latent(codes.to(d), phones.to(d), ge.to(d), None if noise is None else noise.to(d),
                                            code_lens.to(d), phone_lens.to(d), speed)
         frames = mask.sum(dim=(1, 2)).long()
-        if vocode_from is not None:
-            z, frames = crop_latent(z, frames, 2 * vocode_from)
-        return self.model.vocode(z, ge.to(d), frames if codes.shape[0] > 1 else None)
+        keep = keep if self.trims_vocoder else None
+        if vocode_from is None and keep is None:
+            return self.model.vocode(z, ge.to(d), frames if codes.shape[0] > 1 else None)
+        rows = vocoder_rows(z, frames, None if vocode_from is None else 2 * vocode_from,
+                            None if keep is None else 2 * keep)
+        masks = (rows.valid_to.to(d), rows.valid_from.to(d)) if codes.shape[0] > 1 else (None, None)
+        audio = self.model.vocode(rows.z, ge.to(d), *masks, trim=rows.trim if rows.trimmed else None)
+        return rows.place(audio, self.config.hop_length)

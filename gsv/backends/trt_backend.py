@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from gsv.backends.base import AudioBackend, GPTBackend, KVCache, check_noise, crop_latent
+from gsv.backends.base import AudioBackend, GPTBackend, KVCache, check_noise, vocoder_rows
 from gsv.errors import BundleError, GsvError
 from gsv.models.sovits.model import latent_frames
 
@@ -171,9 +171,10 @@ class TrtAudioBackend(AudioBackend):
     def __init__(self, config, window: TrtEngine, vocoder: TrtEngine):
         self.config, self.window_engine, self.vocoder_engine = config, window, vocoder
         self.device = window.device
+        self.trims_vocoder = "trim" in vocoder.inputs  # engines built before trimming render every frame
 
     def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0,
-                     vocode_from=None) -> torch.Tensor:
+                     vocode_from=None, keep=None) -> torch.Tensor:
         b, tc = codes.shape
         frames = latent_frames(tc, float(speed))
         if noise is None:
@@ -182,10 +183,13 @@ class TrtAudioBackend(AudioBackend):
         z, frame_lens = self.window_engine.run({
             "codes": codes, "code_lens": code_lens, "phones": phones, "phone_lens": phone_lens, "ge": ge,
             "noise": noise, "speed": torch.tensor(float(speed), dtype=torch.float32)})
-        if vocode_from is not None:
-            z, frame_lens = crop_latent(z, frame_lens, 2 * vocode_from)
-        (audio,) = self.vocoder_engine.run({"z": z.contiguous(), "ge": ge, "frame_lens": frame_lens})
-        return audio
+        rows = vocoder_rows(z, frame_lens, None if vocode_from is None else 2 * vocode_from,
+                            None if keep is None or not self.trims_vocoder else 2 * keep)
+        feeds = {"z": rows.z.contiguous(), "ge": ge, "frame_lens": rows.valid_to.to(self.device)}
+        if self.trims_vocoder:
+            feeds.update(frame_from=rows.valid_from.to(self.device), trim=torch.tensor(rows.trim, dtype=torch.long))
+        (audio,) = self.vocoder_engine.run(feeds)
+        return rows.place(audio, self.config.hop_length)
 
 
 def find_engine(bundle, graph: str, gpu_arch: str, trt_version: str) -> dict:

@@ -384,3 +384,34 @@ def test_gpt_yields_to_a_window_a_listener_waits_for(backends):
         while not _queued_window(eng, s):
             assert eng.ar_step()
         assert eng.yield_to_decoder(60.0) is False
+
+
+def test_trimmed_vocoder_streams_the_same_audio_for_less_work(backends):
+    """The engine asks the vocoder only for the audio each window keeps: the stream is the one an
+    untrimmed vocoder gives, and the decoded-audio work it reports (the overhead metric's numerator) is smaller."""
+    gpt, audio = backends
+
+    class Work(EngineObserver):
+        def __init__(self):
+            self.decoded = 0.0
+
+        def on_decode(self, rows, seconds, audio_seconds):
+            self.decoded += audio_seconds
+
+    def run(trims: bool):
+        be = TorchAudioBackend(audio.model)
+        be.trims_vocoder = trims
+        work, chunks = Work(), []
+        opts = SynthesisOptions(sampling=SamplingOptions(seed=4, max_tokens=80, top_k=5), noise_scale=0.5)
+        s = Session("t", make_voice(4), make_segments(4, n=1), opts, sink=chunks.append)
+        eng = Engine(gpt, be, observer=work)
+        eng.submit(s)
+        eng.run(s)
+        return audio_of(chunks), work.decoded, s
+
+    plain, plain_work, s_plain = run(False)
+    trimmed, trimmed_work, s_trim = run(True)
+    assert s_plain.jobs_decoded == s_trim.jobs_decoded > 2
+    np.testing.assert_allclose(trimmed, plain, atol=1e-5 * float(np.abs(plain).max()))
+    assert trimmed_work < plain_work
+    assert trimmed_work >= trimmed.size / C.SAMPLE_RATE  # never less than what was emitted

@@ -149,6 +149,62 @@ def test_onnx_audio_backend_matches_torch(backends, speed):
                                none_ref, atol=1e-5, rtol=1e-4)
 
 
+def _window_batch(cfg, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 1024, (3, 22), generator=g)
+    phones = torch.randint(0, 732, (3, 10), generator=g)
+    ge = torch.randn(3, cfg.gin_channels, 1, generator=g)
+    noise = 0.5 * torch.randn(3, cfg.inter_channels, 44, generator=g)
+    # a first window (kept from its start) beside mid-segment ones; tokens from each row's vocoded start
+    return (codes, torch.tensor([22, 15, 19]), phones, torch.tensor([10, 8, 9]), ge, noise, 1.0,
+            torch.tensor([0, 5, 8]), torch.tensor([[0, 12], [3, 7], [3, 8]]))
+
+
+def test_onnx_trimmed_vocoder_matches_torch(backends):
+    """The exported vocoder takes the rows' shifts and the trim as inputs: the kept audio of a batch of
+    windows matches PyTorch's (ONNX Runtime renders the trimmed span only)."""
+    b, be = backends
+    call = _window_batch(b.sovits_config)
+    assert be["onnx"][1].trims_vocoder
+    ref = be["torch"][1].decode_audio(*call)
+    got = be["onnx"][1].decode_audio(*call)
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_a_vocoder_graph_from_before_trimming_still_serves(backends, tmp_path):
+    """Bundles exported before the trim inputs existed: the backend renders whole rows (no trim) and
+    the kept audio is the same."""
+    from gsv.backends.onnx_backend import OnnxAudioBackend
+
+    b, be = backends
+    sovits = be["torch"][1].model
+
+    class OldVocoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sovits = sovits
+
+        def forward(self, z, ge, frame_lens):
+            return self.sovits.vocode(z, ge, frame_lens)
+
+    cfg = b.sovits_config
+    z, ge = torch.randn(2, cfg.inter_channels, 20), torch.randn(2, cfg.gin_channels, 1)
+    old = tmp_path / "vocoder_old.onnx"
+    torch.onnx.export(OldVocoder().eval(), (z, ge, torch.tensor([20, 14])), str(old), dynamo=False, opset_version=17,
+                      input_names=["z", "ge", "frame_lens"], output_names=["audio"],
+                      dynamic_axes={"z": {0: "b", 2: "f"}, "ge": {0: "b"}, "frame_lens": {0: "b"}, "audio": {0: "b", 1: "s"}})
+    window = next(a for a in b.artifacts if a["kind"] == "onnx" and a["graph"] == "sovits_window" and a["precision"] == "fp32")
+    legacy = OnnxAudioBackend.from_files(cfg, b.path / window["file"], old, threads=2)
+    assert not legacy.trims_vocoder
+    call = _window_batch(cfg)
+    ref = be["torch"][1].decode_audio(*call)
+    got = legacy.decode_audio(*call)
+    spt = 2 * cfg.hop_length
+    for row, (k0, k1) in enumerate(call[-1].tolist()):
+        torch.testing.assert_close(got[row, k0 * spt : k1 * spt], ref[row, k0 * spt : k1 * spt], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["onnx", "onnx-int8"])
 def test_engine_synthesizes_end_to_end(backends, name):
     from gsv.engine import Engine

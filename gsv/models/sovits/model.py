@@ -231,9 +231,11 @@ class SoVITS(nn.Module):
         z = self.flow(z_p, y_mask, g=ge, reverse=True)
         return z * y_mask, y_mask
 
-    def vocode(self, z: torch.Tensor, ge: torch.Tensor, frame_lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """The vocoder: z [B, inter, T] -> audio [B, T * 640]."""
-        return self.dec(z, g=ge, lengths=frame_lengths)[:, 0]
+    def vocode(self, z: torch.Tensor, ge: torch.Tensor, frame_lengths: torch.Tensor | None = None,
+               frame_from: torch.Tensor | None = None, trim=None) -> torch.Tensor:
+        """The vocoder: z [B, inter, T] (rows valid over [frame_from, frame_lengths)) -> audio
+        [B, (T - trim[0] - trim[1]) * 640] (gsv.models.sovits.vocoder.Generator)."""
+        return self.dec(z, g=ge, lengths=frame_lengths, valid_from=frame_from, trim=trim)[:, 0]
 
     # ------------------------------------------------------------------ upstream-shaped entry point
     @torch.no_grad()
