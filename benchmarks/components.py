@@ -51,6 +51,8 @@ import time
 
 import torch
 
+from gsv import constants as C
+
 log = logging.getLogger(__name__)
 
 GOALS = {  # from the export issue
@@ -277,10 +279,42 @@ def bench_all(bundle, names: list[str], args, threads: int, probe: BandwidthProb
     t = _interleaved_ms({n: (lambda a=a: a.decode_audio(*call)) for n, (_, a) in opened.items()}, args.repeats, args.warmup)
     for n in names:
         out[n]["decoder_vocoder_ms_per_audio_second"] = statistics.median(t[n]) / (tokens / 25.0)
+    _streaming_window(opened, names, scfg, gen, args, out)
     out["_flops"] = _model_flops(opened, bundle, threads, inputs, call, tokens)
     del opened
     gc.collect()
     return out
+
+
+def _streaming_window(opened: dict, names, scfg, gen, args, out: dict) -> None:
+    """A mid-segment window of the default latency mode, decoded as the engine does (decoder context,
+    vocoder context, new tokens, lookahead), with the vocoder rendering every frame and only the kept
+    span: ms per emitted audio second each (``streaming_window``)."""
+    from gsv.session import LATENCY_POLICIES
+
+    p = LATENCY_POLICIES["balanced"]
+    new = 15  # a dry stream's third window (chunk sizes 12, 10, 15, ...)
+    ctx = p.left_context_tokens
+    tokens = ctx + new + p.lookahead_tokens
+    codes = torch.randint(0, scfg.codebook_size, (1, tokens), generator=gen)
+    phones = torch.randint(0, scfg.n_symbols, (1, 40), generator=gen)
+    ge = 0.1 * torch.randn(1, scfg.gin_channels, 1, generator=gen)
+    noise = 0.5 * torch.randn(1, scfg.inter_channels, 2 * tokens, generator=gen)
+    vocode_from = torch.tensor([ctx - p.vocoder_context_tokens])
+    keep = torch.tensor([[p.vocoder_context_tokens - p.crossfade_tokens, p.vocoder_context_tokens + new]])
+    call = (codes, torch.tensor([tokens]), phones, torch.tensor([40]), ge, noise, 1.0, vocode_from)
+    runs = {}
+    for n, (_, a) in opened.items():
+        runs[(n, "whole_rows")] = lambda a=a: a.decode_audio(*call)
+        runs[(n, "trimmed")] = lambda a=a: a.decode_audio(*call, keep)
+    t = _interleaved_ms(runs, args.repeats, args.warmup)
+    for n in names:
+        whole, trimmed = statistics.median(t[(n, "whole_rows")]), statistics.median(t[(n, "trimmed")])
+        out[n]["streaming_window"] = {
+            "new_tokens": new, "window_tokens": tokens, "vocoded_tokens": tokens - int(vocode_from),
+            "trims_vocoder": opened[n][1].trims_vocoder,
+            "whole_rows_ms_per_emitted_second": whole / (new / 25.0),
+            "trimmed_ms_per_emitted_second": trimmed / (new / 25.0), "trimmed_vs_whole_rows": trimmed / whole}
 
 
 def _model_flops(opened: dict, bundle, threads: int, prefill_inputs, decode_call, tokens: int) -> dict:

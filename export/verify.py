@@ -176,7 +176,9 @@ def greedy_check(torch_backend, ort_backend, seed: int, steps: int = GREEDY_STEP
 
 @torch.no_grad()
 def audio_snr(torch_backend, ort_backend, seed: int, tokens: int = 50) -> dict:
-    """SNR (dB) of decoder+vocoder audio: a 2 s window, two rows of different lengths, with noise."""
+    """SNR (dB) of decoder+vocoder audio: a 2 s window, two rows of different lengths, with noise; the
+    second row vocoded as a streaming window (from token 5, its first 3 and last 3 tokens not rendered),
+    so the vocoder's row shift and trim are checked too."""
     cfg = torch_backend.config
     gen = torch.Generator().manual_seed(seed)
     b, tp = 2, 30
@@ -186,8 +188,11 @@ def audio_snr(torch_backend, ort_backend, seed: int, tokens: int = 50) -> dict:
     phone_lens = torch.tensor([tp, tp - 7])
     ge = 0.1 * torch.randn(b, cfg.gin_channels, 1, generator=gen)
     noise = 0.5 * torch.randn(b, cfg.inter_channels, 2 * tokens, generator=gen)
-    ref = torch_backend.decode_audio(codes, code_lens, phones, phone_lens, ge, noise).double()
-    got = ort_backend.decode_audio(codes, code_lens, phones, phone_lens, ge, noise).cpu().double()
+    vocode_from = torch.tensor([0, 5])
+    keep = torch.tensor([[0, tokens], [3, tokens - 13 - 5 - 3]])  # tokens from each row's vocoded start
+    call = (codes, code_lens, phones, phone_lens, ge, noise, 1.0, vocode_from, keep)
+    ref = torch_backend.decode_audio(*call).double()
+    got = ort_backend.decode_audio(*call).cpu().double()
     err = float(((got - ref) ** 2).sum())
     sig = float((ref**2).sum())
     snr = math.inf if err == 0 else 10 * math.log10(max(sig, 1e-30) / err)

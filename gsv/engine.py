@@ -311,9 +311,8 @@ class Engine:
     def _window_work(self, s: Session, new_tokens: int) -> float:
         """Work tokens of a mid-segment window of ``new_tokens`` for ``s`` (context and lookahead around them)."""
         p = s.assembler.policy
-        xf = -(-p.crossfade_samples // C.SAMPLES_PER_TOKEN)
         return self.work_tokens(p.vocoder_context_tokens + new_tokens + p.lookahead_tokens,
-                                (p.vocoder_context_tokens - xf, p.vocoder_context_tokens + new_tokens))
+                                (p.vocoder_context_tokens - p.crossfade_tokens, p.vocoder_context_tokens + new_tokens))
 
     def _break_even(self, s: Session) -> int | None:
         """Smallest window worth cutting for ``s`` before its planned size (gsv.pacing); None: overload."""

@@ -11,7 +11,9 @@ Two context widths, because the two SoVITS stages differ in cost and reach (``gs
 receptive-field``, full-size weights): the decoder (text encoder + flow) is ~5% of the cost and its
 self-attention reaches the whole window, so it gets a wide left context; the vocoder is ~95% of the
 cost and its convolutions reach only ~5 tokens (-60 dB at 5, exactly 0 beyond 7), so it renders just
-``vocoder_context_tokens`` before the new tokens: ``Window.v0``.
+``vocoder_context_tokens`` before the new tokens: ``Window.v0``.  Of what it is given, the vocoder
+renders only the audio the window keeps (``SegmentAssembler.kept_tokens``: the new tokens and the
+crossfade before them); context and lookahead only feed it (gsv.models.sovits.vocoder, ``trim``).
 
 When the server knows the listener's buffer (``relaxed``), a window is cut only when the listener
 would otherwise run dry, as large as the tokens allow (up to ``max_relaxed_chunk_tokens``): fewer,
@@ -62,6 +64,11 @@ class ChunkPolicy:
             raise OptionError("crossfade must be positive and fit in the vocoder context")
         if self.max_relaxed_chunk_tokens < self.max_chunk_tokens:
             raise OptionError("max_relaxed_chunk_tokens must be >= max_chunk_tokens")
+
+    @property
+    def crossfade_tokens(self) -> int:
+        """Whole tokens the crossfade reaches back before a window's new tokens."""
+        return -(-self.crossfade_samples // C.SAMPLES_PER_TOKEN)
 
     def chunk_size(self, index: int) -> int:
         if index == 0:
@@ -166,7 +173,7 @@ class SegmentAssembler:
         """The tokens of ``window``, counted from its vocoded start, whose audio :meth:`accept` reads: the
         new tokens and, after the segment's first window, the crossfade before them (the vocoder need
         not render the rest: its context and lookahead only feed the tokens in between)."""
-        xf = -(-self.policy.crossfade_samples // self.spt) if window.start > 0 else 0
+        xf = self.policy.crossfade_tokens if window.start > 0 else 0
         v0 = window.vocode_start
         return max(0, window.start - xf - v0), window.end - v0
 

@@ -86,7 +86,7 @@ class ServerMetrics(EngineObserver):
                              buckets=RTF_BUCKETS, registry=r)
         self.audio_seconds = Counter("tts_audio_seconds_total", "Audio seconds produced", registry=r)
         self.decoded_audio_seconds = Counter(
-            "tts_decoded_audio_seconds_total", "Audio seconds the vocoder rendered, the windows' context included",
+            "tts_decoded_audio_seconds_total", "Vocoder work in seconds of untrimmed rendering, the windows' context included",
             registry=r)
         self.decoder_overhead = SlidingRatio()
         self.decoder_overhead_ratio = Gauge(
