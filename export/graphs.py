@@ -62,6 +62,8 @@ class GraphSpec:
     outputs: tuple[TensorSpec, ...]
     # TensorRT optimisation profile: dynamic axis -> (min, opt, max)
     trt_profile: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    # inputs TensorRT treats as shape tensors (their values size outputs): name -> (min, opt, max) values
+    trt_shape_values: dict[str, tuple[tuple, tuple, tuple]] = field(default_factory=dict)
     quantize: bool = False  # gets an INT8 (dynamic quantisation) variant for CPU serving
     quantize_static: bool = False  # gets an INT8 variant by static quantisation with calibration data
     description: str = ""
@@ -147,6 +149,8 @@ GRAPHS: dict[str, GraphSpec] = {
                     _t("frame_lens", I64, "batch"), _t("frame_from", I64, "batch"), _t("trim", I64, 2)),
             outputs=(_t("audio", F32, "batch", "samples"),),
             trt_profile={"batch": (1, 4, 8), "frames": (2, 64, 3001)},
+            # the trim sizes the output: frames at each end, up to the whole profile's frames
+            trt_shape_values={"trim": ((0, 0), (6, 6), (3001, 3001))},
             quantize_static=True,
             description="z [B,C,F] + ge -> audio [B, (F-trim[0]-trim[1])*640] (rows valid over [frame_from, "
                         "frame_lens); the trimmed frames' audio is not rendered)",

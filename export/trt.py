@@ -108,6 +108,13 @@ def build_engine(onnx_path: Path, plan_path: Path, graph: str, consts: dict, tim
         if len(lo) == 0:  # 0-d inputs (speed) take no profile
             continue
         profile.set_shape(name, lo, opt, hi)
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        if t.is_shape_tensor:  # its values size an output (the vocoder's trim): profile them too
+            if t.name not in spec.trt_shape_values:
+                raise RuntimeError(f"{graph}: TensorRT treats input {t.name} as a shape tensor; "
+                                   "declare its value range in trt_shape_values")
+            profile.set_shape_input(t.name, *spec.trt_shape_values[t.name])
     config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:

@@ -68,7 +68,9 @@ class TrtEngine:
     def run(self, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         keep = []
         for name in self.inputs:
-            t = feeds[name].to(self.device, self._dtype(name)).contiguous()
+            # a shape tensor's values (the vocoder's trim) are read by TensorRT on the host
+            where = "cpu" if self.engine.is_shape_inference_io(name) else self.device
+            t = feeds[name].to(where, self._dtype(name)).contiguous()
             keep.append(t)  # alive until the stream has consumed it (we synchronise below)
             self.context.set_input_shape(name, tuple(t.shape))
             self.context.set_tensor_address(name, t.data_ptr())
