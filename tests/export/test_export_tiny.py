@@ -351,3 +351,7 @@ def test_bench_components_on_tiny(exported_tiny, tmp_path):
     for name in ("torch", "onnx"):  # measured time over the floor: a real machine is never below it
         assert r["backends"][name]["decoder_vocoder_vs_compute_floor"] >= 1.0
         assert r["backends"][name]["prefill_vs_compute_floor"] > 0
+    for name in ("torch", "onnx", "onnx-int8"):  # a default-mode window, rendered whole and trimmed
+        w = r["backends"][name]["streaming_window"]
+        assert w["trims_vocoder"] and w["vocoded_tokens"] == 4 + w["new_tokens"] + 3
+        assert w["whole_rows_ms_per_emitted_second"] > 0 and w["trimmed_ms_per_emitted_second"] > 0
