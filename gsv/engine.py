@@ -305,8 +305,9 @@ class Engine:
         untrimmed rendering (the unit of decode_cost and of the decoded-audio metric)."""
         if keep is None or self.trim_plan is None:
             return float(vocoded)
-        frames = 2 * vocoded  # [2 frames per token]
-        return self.trim_plan.work(frames, (2 * keep[0], frames - 2 * keep[1])) / 2
+        f = C.FRAMES_PER_TOKEN
+        frames = f * vocoded
+        return self.trim_plan.work(frames, (f * keep[0], frames - f * keep[1])) / f
 
     def _window_work(self, s: Session, new_tokens: int) -> float:
         """Work tokens of a mid-segment window of ``new_tokens`` for ``s`` (context and lookahead around them)."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gsv import constants as C
 from gsv.models.config import GPTConfig, SoVITSConfig
 
 CACHE_GROWTH = 128  # positions added when a row outgrows the cache (bounded attention waste)
@@ -90,6 +91,12 @@ class AudioBackend(ABC):
     def decode_audio(self, codes, code_lens, phones, phone_lens, ge, noise=None, speed: float = 1.0,
                      vocode_from: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
         ...
+
+    def _vocoder_rows(self, z, frame_lens, vocode_from, keep) -> "VocoderRows":
+        """decode_audio's token arguments -> the vocoder's rows (``keep`` honoured when this backend trims)."""
+        f = C.FRAMES_PER_TOKEN
+        return vocoder_rows(z, frame_lens, None if vocode_from is None else f * vocode_from,
+                            None if keep is None or not self.trims_vocoder else f * keep)
 
 
 def check_noise(noise: torch.Tensor, frames: int) -> None:
@@ -216,6 +223,13 @@ class VocoderRows:
     @property
     def rendered_frames(self) -> int:
         return self.z.shape[2] - self.trim[0] - self.trim[1]
+
+    def graph_feeds(self, ge: torch.Tensor, trim_inputs: bool) -> dict[str, torch.Tensor]:
+        """Inputs of the exported vocoder graph (``trim_inputs``: a graph with frame_from and trim)."""
+        feeds = {"z": self.z, "ge": ge.float(), "frame_lens": self.valid_to}
+        if trim_inputs:
+            feeds.update(frame_from=self.valid_from, trim=torch.tensor(self.trim, dtype=torch.long))
+        return feeds
 
     def place(self, audio: torch.Tensor, hop: int) -> torch.Tensor:
         """The vocoder's audio [B, rendered_frames * hop] -> [B, F' * hop], each row from its own first

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gsv.backends.base import AudioBackend, GPTBackend, MemoryPlan, ThreadPlan, check_noise, vocoder_rows
+from gsv.backends.base import AudioBackend, GPTBackend, MemoryPlan, ThreadPlan, check_noise
 from gsv.errors import BundleError, GsvError
 from gsv.models.sovits.model import latent_frames
 
@@ -248,12 +248,9 @@ class OnnxAudioBackend(AudioBackend):
              "phone_lens": phone_lens.long(), "ge": ge.float(), "noise": noise.float(),
              "speed": torch.tensor(float(speed), dtype=torch.float32)},
             {"z": (b, c, frames), "frame_lens": (b,)})
-        rows = vocoder_rows(z, frame_lens, None if vocode_from is None else 2 * vocode_from,
-                            None if keep is None or not self.trims_vocoder else 2 * keep)
-        feeds = {"z": rows.z, "ge": ge.float(), "frame_lens": rows.valid_to}
-        if self.trims_vocoder:
-            feeds.update(frame_from=rows.valid_from, trim=torch.tensor(rows.trim, dtype=torch.long))
-        (audio,) = self.vocoder_graph.run(feeds, {"audio": (b, rows.rendered_frames * self.config.hop_length)})
+        rows = self._vocoder_rows(z, frame_lens, vocode_from, keep)
+        (audio,) = self.vocoder_graph.run(rows.graph_feeds(ge, self.trims_vocoder),
+                                          {"audio": (b, rows.rendered_frames * self.config.hop_length)})
         return rows.place(audio, self.config.hop_length)
 
 

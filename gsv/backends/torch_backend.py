@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from gsv.backends.base import AudioBackend, GPTBackend, vocoder_rows
+from gsv.backends.base import AudioBackend, GPTBackend
 
 
 class _EagerModel:
@@ -47,11 +47,8 @@ class TorchAudioBackend(_EagerModel, AudioBackend):
         z, mask = self.model.decode_latent(codes.to(d), phones.to(d), ge.to(d), None if noise is None else noise.to(d),
                                            code_lens.to(d), phone_lens.to(d), speed)
         frames = mask.sum(dim=(1, 2)).long()
-        keep = keep if self.trims_vocoder else None
-        if vocode_from is None and keep is None:
-            return self.model.vocode(z, ge.to(d), frames if codes.shape[0] > 1 else None)
-        rows = vocoder_rows(z, frames, None if vocode_from is None else 2 * vocode_from,
-                            None if keep is None else 2 * keep)
+        rows = self._vocoder_rows(z, frames, vocode_from, keep)
+        # a lone row needs no masks (upstream's arithmetic exactly)
         masks = (rows.valid_to.to(d), rows.valid_from.to(d)) if codes.shape[0] > 1 else (None, None)
         audio = self.model.vocode(rows.z, ge.to(d), *masks, trim=rows.trim if rows.trimmed else None)
         return rows.place(audio, self.config.hop_length)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from gsv.backends.base import AudioBackend, GPTBackend, KVCache, check_noise, vocoder_rows
+from gsv.backends.base import AudioBackend, GPTBackend, KVCache, check_noise
 from gsv.errors import BundleError, GsvError
 from gsv.models.sovits.model import latent_frames
 
@@ -185,12 +185,8 @@ class TrtAudioBackend(AudioBackend):
         z, frame_lens = self.window_engine.run({
             "codes": codes, "code_lens": code_lens, "phones": phones, "phone_lens": phone_lens, "ge": ge,
             "noise": noise, "speed": torch.tensor(float(speed), dtype=torch.float32)})
-        rows = vocoder_rows(z, frame_lens, None if vocode_from is None else 2 * vocode_from,
-                            None if keep is None or not self.trims_vocoder else 2 * keep)
-        feeds = {"z": rows.z.contiguous(), "ge": ge, "frame_lens": rows.valid_to.to(self.device)}
-        if self.trims_vocoder:
-            feeds.update(frame_from=rows.valid_from.to(self.device), trim=torch.tensor(rows.trim, dtype=torch.long))
-        (audio,) = self.vocoder_engine.run(feeds)
+        rows = self._vocoder_rows(z, frame_lens, vocode_from, keep)
+        (audio,) = self.vocoder_engine.run(rows.graph_feeds(ge, self.trims_vocoder))  # run() moves them to the GPU
         return rows.place(audio, self.config.hop_length)
 
 

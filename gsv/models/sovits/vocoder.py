@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -65,14 +64,21 @@ class TrimPlan:
 
     @classmethod
     def of(cls, cfg) -> "TrimPlan":
-        """From a SoVITSConfig (or anything with its vocoder fields)."""
-        ups, kernels = tuple(cfg.upsample_rates), tuple(cfg.upsample_kernel_sizes)
+        """From a SoVITSConfig."""
+        return cls.from_layers(cfg.resblock, cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes, cfg.upsample_rates,
+                               cfg.upsample_initial_channel, cfg.upsample_kernel_sizes)
+
+    @classmethod
+    def from_layers(cls, resblock: str, resblock_kernel_sizes, resblock_dilation_sizes, upsample_rates,
+                    upsample_initial_channel: int, upsample_kernel_sizes) -> "TrimPlan":
+        """From the Generator's layer arguments."""
+        ups, kernels = tuple(upsample_rates), tuple(upsample_kernel_sizes)
         rates = [1]
         for u in ups[:-1]:
             rates.append(rates[-1] * u)
-        block = max(_block_radius(cfg.resblock, k, d) for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes))
-        taps = sum(k * len(d) * (2 if cfg.resblock == "1" else 1)
-                   for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes))
+        blocks = list(zip(resblock_kernel_sizes, resblock_dilation_sizes))
+        block = max(_block_radius(resblock, k, d) for k, d in blocks)
+        taps = sum(k * len(d) * (2 if resblock == "1" else 1) for k, d in blocks)
         radius, radii, macs = _conv_radius(7), [0] * len(ups), []  # conv_post
         for i in reversed(range(len(ups))):
             u, k = ups[i], kernels[i]
@@ -80,7 +86,7 @@ class TrimPlan:
             radii[i] = -(-(radius + block + k - 1 - (k - u) // 2) // u) + 1
             radius = radii[i]
         for i, (u, k) in enumerate(zip(ups, kernels)):
-            c_in, c_out = cfg.upsample_initial_channel // 2**i, cfg.upsample_initial_channel // 2 ** (i + 1)
+            c_in, c_out = upsample_initial_channel // 2**i, upsample_initial_channel // 2 ** (i + 1)
             macs.append(rates[i] * (c_in * c_out * k + c_out * c_out * taps * u))
         return cls(tuple(rates), tuple(radii), radii[0] + _conv_radius(7), tuple(macs))  # + conv_pre
 
@@ -152,10 +158,8 @@ class Generator(nn.Module):
         self.conv_post = nn.Conv1d(ch, 1, 7, 1, padding=3, bias=False)
         if gin_channels:
             self.cond = nn.Conv1d(gin_channels, upsample_initial_channel, 1)
-        self.trim_plan = TrimPlan.of(SimpleNamespace(
-            resblock=resblock, resblock_kernel_sizes=resblock_kernel_sizes, resblock_dilation_sizes=resblock_dilation_sizes,
-            upsample_rates=upsample_rates, upsample_kernel_sizes=upsample_kernel_sizes,
-            upsample_initial_channel=upsample_initial_channel))
+        self.trim_plan = TrimPlan.from_layers(resblock, resblock_kernel_sizes, resblock_dilation_sizes, upsample_rates,
+                                              upsample_initial_channel, upsample_kernel_sizes)
         self.hop = math.prod(self.upsample_rates)
 
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
