@@ -294,14 +294,14 @@ def _streaming_window(opened: dict, names, scfg, gen, args, out: dict) -> None:
 
     p = LATENCY_POLICIES["balanced"]
     new = 15  # a dry stream's third window (chunk sizes 12, 10, 15, ...)
-    ctx = p.left_context_tokens
-    tokens = ctx + new + p.lookahead_tokens
+    w = p.steady_window(new)
+    tokens = w.w1 - w.w0
     codes = torch.randint(0, scfg.codebook_size, (1, tokens), generator=gen)
     phones = torch.randint(0, scfg.n_symbols, (1, 40), generator=gen)
     ge = 0.1 * torch.randn(1, scfg.gin_channels, 1, generator=gen)
     noise = 0.5 * torch.randn(1, scfg.inter_channels, 2 * tokens, generator=gen)
-    vocode_from = torch.tensor([ctx - p.vocoder_context_tokens])
-    keep = torch.tensor([[p.vocoder_context_tokens - p.crossfade_tokens, p.vocoder_context_tokens + new]])
+    vocode_from = torch.tensor([w.vocode_start - w.w0])
+    keep = torch.tensor([p.kept_tokens(w)])
     call = (codes, torch.tensor([tokens]), phones, torch.tensor([40]), ge, noise, 1.0, vocode_from)
     runs = {}
     for n, (_, a) in opened.items():

@@ -252,7 +252,7 @@ class Engine:
             floor, listener = 0, "dry"
         urgent, relaxed = listener == "urgent", listener in ("buffered", "urgent")
         while (w := s.assembler.next_window(len(tokens), s.seg_finished, urgent, relaxed, floor)) is not None:
-            keep = s.assembler.kept_tokens(w)
+            keep = s.assembler.policy.kept_tokens(w)
             if s.options.speed != 1.0:  # the vocoder context cut is exact at speed 1 only: vocode it all
                 w, keep = dataclasses.replace(w, v0=-1), None
             frames = latent_frames(w.w1 - w.w0, s.options.speed)
@@ -312,8 +312,8 @@ class Engine:
     def _window_work(self, s: Session, new_tokens: int) -> float:
         """Work tokens of a mid-segment window of ``new_tokens`` for ``s`` (context and lookahead around them)."""
         p = s.assembler.policy
-        return self.work_tokens(p.vocoder_context_tokens + new_tokens + p.lookahead_tokens,
-                                (p.vocoder_context_tokens - p.crossfade_tokens, p.vocoder_context_tokens + new_tokens))
+        w = p.steady_window(new_tokens)
+        return self.work_tokens(w.w1 - w.vocode_start, p.kept_tokens(w))
 
     def _break_even(self, s: Session) -> int | None:
         """Smallest window worth cutting for ``s`` before its planned size (gsv.pacing); None: overload."""

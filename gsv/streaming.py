@@ -12,7 +12,7 @@ receptive-field``, full-size weights): the decoder (text encoder + flow) is ~5% 
 self-attention reaches the whole window, so it gets a wide left context; the vocoder is ~95% of the
 cost and its convolutions reach only ~5 tokens (-60 dB at 5, exactly 0 beyond 7), so it renders just
 ``vocoder_context_tokens`` before the new tokens: ``Window.v0``.  Of what it is given, the vocoder
-renders only the audio the window keeps (``SegmentAssembler.kept_tokens``: the new tokens and the
+renders only the audio the window keeps (``ChunkPolicy.kept_tokens``: the new tokens and the
 crossfade before them); context and lookahead only feed it (gsv.models.sovits.vocoder, ``trim``).
 
 When the server knows the listener's buffer (``relaxed``), a window is cut only when the listener
@@ -69,6 +69,26 @@ class ChunkPolicy:
     def crossfade_tokens(self) -> int:
         """Whole tokens the crossfade reaches back before a window's new tokens."""
         return -(-self.crossfade_samples // C.SAMPLES_PER_TOKEN)
+
+    def window(self, start: int, end: int, available: int, final: bool = False) -> "Window":
+        """The window that emits tokens [start, end) of a segment with ``available`` tokens: the decoder's
+        and the vocoder's left context and the lookahead, as far as the segment has them."""
+        w0 = max(0, start - self.left_context_tokens)
+        return Window(w0, start, end, min(available, end + self.lookahead_tokens), final,
+                      v0=max(w0, start - self.vocoder_context_tokens))
+
+    def steady_window(self, new_tokens: int) -> "Window":
+        """A window of ``new_tokens`` in the middle of a long segment (full context and lookahead)."""
+        start = self.left_context_tokens
+        return self.window(start, start + new_tokens, start + new_tokens + self.lookahead_tokens)
+
+    def kept_tokens(self, window: "Window") -> tuple[int, int]:
+        """The tokens of ``window``, counted from its vocoded start, whose audio SegmentAssembler.accept
+        reads: the new tokens and, after the segment's first window, the crossfade before them (the
+        vocoder need not render the rest: its context and lookahead only feed the tokens in between)."""
+        xf = self.crossfade_tokens if window.start > 0 else 0
+        v0 = window.vocode_start
+        return max(0, window.start - xf - v0), window.end - v0
 
     def chunk_size(self, index: int) -> int:
         if index == 0:
@@ -162,20 +182,9 @@ class SegmentAssembler:
                 end = available - p.lookahead_tokens
             else:
                 return None
-        final = finished and end == available
-        w0 = max(0, start - p.left_context_tokens)
-        w1 = min(available, end + p.lookahead_tokens)
         self.scheduled = end
         self.chunks += 1
-        return Window(w0, start, end, w1, final, v0=max(w0, start - p.vocoder_context_tokens))
-
-    def kept_tokens(self, window: Window) -> tuple[int, int]:
-        """The tokens of ``window``, counted from its vocoded start, whose audio :meth:`accept` reads: the
-        new tokens and, after the segment's first window, the crossfade before them (the vocoder need
-        not render the rest: its context and lookahead only feed the tokens in between)."""
-        xf = self.policy.crossfade_tokens if window.start > 0 else 0
-        v0 = window.vocode_start
-        return max(0, window.start - xf - v0), window.end - v0
+        return p.window(start, end, available, final=finished and end == available)
 
     def finish(self) -> np.ndarray:
         """End of the segment with every token decoded: release the held-back tail."""

@@ -27,6 +27,9 @@ def get_padding(kernel_size: int, dilation: int = 1) -> int:
     return (kernel_size * dilation - dilation) // 2
 
 
+EDGE_KERNEL = 7  # conv_pre and conv_post (upstream's shape; TrimPlan's radii depend on it)
+
+
 def _crop(x: torch.Tensor, lo, hi) -> torch.Tensor:
     """x [B, C, T] -> x [B, C, lo : T - hi] (ints slice; tensors trace to an ONNX Range + Gather)."""
     if isinstance(lo, int) and isinstance(hi, int):
@@ -79,7 +82,7 @@ class TrimPlan:
         blocks = list(zip(resblock_kernel_sizes, resblock_dilation_sizes))
         block = max(_block_radius(resblock, k, d) for k, d in blocks)
         taps = sum(k * len(d) * (2 if resblock == "1" else 1) for k, d in blocks)
-        radius, radii, macs = _conv_radius(7), [0] * len(ups), []  # conv_post
+        radius, radii, macs = _conv_radius(EDGE_KERNEL), [0] * len(ups), []  # conv_post
         for i in reversed(range(len(ups))):
             u, k = ups[i], kernels[i]
             # an output sample of the transposed conv reads inputs up to k - 1 - padding output samples away
@@ -88,7 +91,7 @@ class TrimPlan:
         for i, (u, k) in enumerate(zip(ups, kernels)):
             c_in, c_out = upsample_initial_channel // 2**i, upsample_initial_channel // 2 ** (i + 1)
             macs.append(rates[i] * (c_in * c_out * k + c_out * c_out * taps * u))
-        return cls(tuple(rates), tuple(radii), radii[0] + _conv_radius(7), tuple(macs))  # + conv_pre
+        return cls(tuple(rates), tuple(radii), radii[0] + _conv_radius(EDGE_KERNEL), tuple(macs))  # + conv_pre
 
     def cut(self, stage: int, trim_frames):
         """Samples dropped before upsampling layer ``stage`` (-1: the input frames) when ``trim_frames``
@@ -143,7 +146,7 @@ class Generator(nn.Module):
         super().__init__()
         self.num_kernels = len(resblock_kernel_sizes)
         self.upsample_rates = tuple(upsample_rates)
-        self.conv_pre = nn.Conv1d(initial_channel, upsample_initial_channel, 7, 1, padding=3)
+        self.conv_pre = nn.Conv1d(initial_channel, upsample_initial_channel, EDGE_KERNEL, 1, padding=EDGE_KERNEL // 2)
         block = ResBlock1 if resblock == "1" else ResBlock2
         self.ups = nn.ModuleList()
         for i, (u, k) in enumerate(zip(upsample_rates, upsample_kernel_sizes)):
@@ -155,7 +158,7 @@ class Generator(nn.Module):
             ch = upsample_initial_channel // 2 ** (i + 1)
             for k, d in zip(resblock_kernel_sizes, resblock_dilation_sizes):
                 self.resblocks.append(block(ch, k, d))
-        self.conv_post = nn.Conv1d(ch, 1, 7, 1, padding=3, bias=False)
+        self.conv_post = nn.Conv1d(ch, 1, EDGE_KERNEL, 1, padding=EDGE_KERNEL // 2, bias=False)
         if gin_channels:
             self.cond = nn.Conv1d(gin_channels, upsample_initial_channel, 1)
         self.trim_plan = TrimPlan.from_layers(resblock, resblock_kernel_sizes, resblock_dilation_sizes, upsample_rates,
